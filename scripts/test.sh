@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test (slow ones included) in .venv. Extra args go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PWD/.venv/bin:$PATH"
+.venv/bin/ruff check model_export service training loadtests tests benchmarks scripts deploy 2>/dev/null \
+  || .venv/bin/ruff check .
+set +e
+.venv/bin/python -m pytest -p no:cacheprovider "$@"
+rc=$?
+set -e
+# pytest exit 5 = no tests collected: treat as failure (CI must run tests).
+exit $rc
