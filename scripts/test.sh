@@ -3,8 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-.venv/bin/ruff check model_export service training loadtests tests benchmarks scripts deploy 2>/dev/null \
-  || .venv/bin/ruff check .
+.venv/bin/ruff check .
 set +e
 .venv/bin/python -m pytest -p no:cacheprovider "$@"
 rc=$?

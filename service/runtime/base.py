@@ -94,6 +94,11 @@ class Backend(Protocol):
 # name -> "module:factory". Factories take (bundle, settings) and return a Backend.
 _REGISTRY: dict[str, str] = {
     "onnxruntime": "service.runtime.onnxruntime:OnnxRuntimeBackend",
+    "openvino": "service.runtime.openvino:OpenVinoBackend",
+    "onnxruntime-int8": "service.runtime.ort_int8:OnnxRuntimeInt8Backend",
+    "tensorrt": "service.runtime.tensorrt:TensorRTBackend",
+    "ort-cuda": "service.runtime.ort_cuda:OrtCudaBackend",
+    "torch-cuda": "service.runtime.torch_cuda:TorchCudaBackend",
 }
 
 

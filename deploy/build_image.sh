@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Build the samclip-serve CPU (default) or GPU image with podman (or buildah) from deploy/Dockerfile.
+#
+# Usage: deploy/build_image.sh [--gpu] [--base IMAGE] [--tag TAG] [--bundle DIR] [--local-base]
+#   --gpu          GPU variant: CUDA runtime base + onnxruntime-gpu (default: CPU, debian:bookworm-slim + onnxruntime)
+#   --base IMAGE   override BASE_IMAGE
+#   --local-base   build FROM localhost/samclip-base:bookworm, made here with debootstrap + podman import
+#                  (deploy/tools/make_base_image.sh) - for machines that cannot pull from a registry
+#   --bundle DIR   bake the bundle DIR into /models/bundle (built from a staged copy of the context)
+#   --tag TAG      image name (default samclip-serve:<version>-cpu|gpu)
+# Env: BUILDER=podman|buildah (default: podman if present), BUILD_NETWORK (default host: pip/apt reach the
+#      package indexes through the host network), BUILD_ISOLATION (default chroot; oci needs a working
+#      runtime), EXTRA_BUILD_ARGS (appended verbatim).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/pyproject.toml" | head -1)"
+VARIANT=cpu BASE="" TAG="" BUNDLE="" LOCAL_BASE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --gpu) VARIANT=gpu ;;
+    --base) BASE="$2"; shift ;;
+    --tag) TAG="$2"; shift ;;
+    --bundle) BUNDLE="$2"; shift ;;
+    --local-base) LOCAL_BASE=1 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+if [ "$VARIANT" = gpu ]; then
+  ORT=onnxruntime-gpu; DEFAULT_BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+else
+  ORT=onnxruntime; DEFAULT_BASE=docker.io/library/debian:bookworm-slim
+fi
+if [ "$LOCAL_BASE" = 1 ]; then
+  DEFAULT_BASE=localhost/samclip-base:bookworm
+  "$ROOT/deploy/tools/make_base_image.sh" "$DEFAULT_BASE"
+fi
+BASE="${BASE:-$DEFAULT_BASE}"
+TAG="${TAG:-samclip-serve:${VERSION}-${VARIANT}}"
+BUILDER="${BUILDER:-$(command -v podman >/dev/null && echo podman || echo buildah)}"
+
+CONTEXT="$ROOT"
+if [ -n "$BUNDLE" ]; then
+  [ -f "$BUNDLE/manifest.json" ] || { echo "$BUNDLE has no manifest.json" >&2; exit 2; }
+  CONTEXT="$(mktemp -d)"
+  trap 'rm -rf "$CONTEXT"' EXIT
+  cp -r "$ROOT/pyproject.toml" "$ROOT/service" "$ROOT/.dockerignore" "$CONTEXT/"
+  [ -f "$ROOT/README.md" ] && cp "$ROOT/README.md" "$CONTEXT/"
+  mkdir -p "$CONTEXT/deploy"
+  cp -rL "$BUNDLE" "$CONTEXT/deploy/bundle"
+fi
+
+# docker format keeps HEALTHCHECK and SHELL (OCI image config has no field for them). Chroot isolation runs the
+# RUN steps without an OCI runtime, which also works inside containers and on hybrid-cgroup hosts.
+args=(--format docker --isolation "${BUILD_ISOLATION:-chroot}" --network "${BUILD_NETWORK:-host}" -f "$ROOT/deploy/Dockerfile" -t "$TAG"
+      --build-arg "BASE_IMAGE=$BASE" --build-arg "ORT_PACKAGE=$ORT")
+if [ "$BUILDER" = buildah ]; then
+  cmd=(buildah build "${args[@]}")
+else
+  cmd=(podman build "${args[@]}")
+fi
+# shellcheck disable=SC2206
+cmd+=(${EXTRA_BUILD_ARGS:-} "$CONTEXT")
+echo "+ ${cmd[*]}"
+"${cmd[@]}"
+"$BUILDER" images --format '{{.Repository}}:{{.Tag}} {{.Size}}' | grep -F "${TAG##*/}" || true

@@ -1,0 +1,191 @@
+"""SAM ViT image encoder returning both the SAM embedding and the last block's patch tokens.
+
+Parameter names match ``segment_anything``'s ``ImageEncoderViT`` so official checkpoints load strictly.
+Inputs of any side divisible by the patch size work: the absolute position embedding is resized
+bicubically and the relative position tables of the global-attention blocks linearly, as needed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import EncoderConfig
+from .common import LayerNorm2d, MLPBlock
+
+
+def resize_rel_pos(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
+    """Linearly resize a relative-position table ``(L, C)`` to ``(length, C)`` (identity if equal)."""
+    if rel_pos.shape[0] == length:
+        return rel_pos
+    table = F.interpolate(rel_pos.t().unsqueeze(0), size=length, mode="linear", align_corners=False)
+    return table.squeeze(0).t()
+
+
+def rel_pos_lookup(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
+    """Relative embeddings for every (query, key) pair along one axis: ``(q_size, k_size, C)``.
+
+    ``rel_pos`` (L, C) is resized to ``2 * max(q_size, k_size) - 1`` rows when its length differs.
+    """
+    table = resize_rel_pos(rel_pos, 2 * max(q_size, k_size) - 1)
+    q_scale = max(k_size / q_size, 1.0)
+    k_scale = max(q_size / k_size, 1.0)
+    q_pos = torch.arange(q_size, dtype=torch.float32)[:, None] * q_scale
+    k_pos = torch.arange(k_size, dtype=torch.float32)[None, :] * k_scale
+    index = (q_pos - k_pos + (k_size - 1) * k_scale).long()
+    return table[index]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over a (B, H, W, C) token grid with decomposed relative positions."""
+
+    def __init__(
+        self, dim: int, num_heads: int, use_rel_pos: bool, rel_pos_size: tuple[int, int] | None
+    ) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = use_rel_pos
+        if use_rel_pos:
+            assert rel_pos_size is not None
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size[0] - 1, self.head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, self.head_dim))
+
+    def _rel_pos_bias(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Additive bias (B*heads... as (B, heads, h*w, h*w)) from unscaled queries q (B, heads, h*w, d)."""
+        b = q.shape[0]
+        r_h = rel_pos_lookup(h, h, self.rel_pos_h)  # (h, h, d)
+        r_w = rel_pos_lookup(w, w, self.rel_pos_w)  # (w, w, d)
+        q_grid = q.reshape(b, self.num_heads, h, w, self.head_dim)
+        bias_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, r_h)
+        bias_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, r_w)
+        bias = bias_h[..., :, None] + bias_w[..., None, :]  # (b, n, h, w, h, w)
+        return bias.reshape(b, self.num_heads, h * w, h * w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, H, W, C) f32 -> (B, H, W, C)."""
+        b, h, w, c = x.shape
+        qkv = self.qkv(x).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, heads, h*w, d)
+        bias = self._rel_pos_bias(q, h, w) if self.use_rel_pos else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = out.transpose(1, 2).reshape(b, h, w, c)
+        return self.proj(out)
+
+
+def window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """(B, H, W, C) -> windows (B * nH * nW, window, window, C) after zero-padding bottom/right."""
+    b, h, w, c = x.shape
+    pad_h = (window - h % window) % window
+    pad_w = (window - w % window) % window
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
+    hp, wp = h + pad_h, w + pad_w
+    x = x.reshape(b, hp // window, window, wp // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window, window, c), (hp, wp)
+
+
+def window_unpartition(
+    windows: torch.Tensor, window: int, padded: tuple[int, int], size: tuple[int, int]
+) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: windows -> (B, H, W, C) with the padding cropped."""
+    hp, wp = padded
+    h, w = size
+    c = windows.shape[-1]
+    x = windows.reshape(-1, hp // window, wp // window, window, window, c).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(-1, hp, wp, c)
+    if hp > h or wp > w:
+        x = x[:, :h, :w, :]
+    return x
+
+
+class Block(nn.Module):
+    """Pre-LN ViT block; windowed attention when ``window_size > 0`` else global attention."""
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_ratio: float, use_rel_pos: bool, window_size: int, grid: int
+    ) -> None:
+        super().__init__()
+        self.window_size = window_size
+        size = (window_size, window_size) if window_size > 0 else (grid, grid)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, num_heads, use_rel_pos, size)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio), nn.GELU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, H, W, C) -> (B, H, W, C)."""
+        y = self.norm1(x)
+        if self.window_size > 0:
+            h, w = x.shape[1], x.shape[2]
+            y, padded = window_partition(y, self.window_size)
+            y = self.attn(y)
+            y = window_unpartition(y, self.window_size, padded, (h, w))
+        else:
+            y = self.attn(y)
+        x = x + y
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch projection: (B, 3, S, S) -> (B, S/p, S/p, C) channels-last."""
+
+    def __init__(self, patch_size: int, in_chans: int, embed_dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+class ImageEncoderViT(nn.Module):
+    """SAM ViT encoder.
+
+    forward(x): x (B, 3, S', S') f32, normalised pixels (S' divisible by the patch size; the config's
+    image_size S is the native size) -> (image_embeddings (B, out_chans, h, w),
+    patch_tokens (B, h, w, embed_dim) = output of the last block before the neck), h = S'/p.
+    """
+
+    def __init__(self, cfg: EncoderConfig, image_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.img_size = image_size
+        grid = image_size // cfg.patch_size
+        self.patch_embed = PatchEmbed(cfg.patch_size, 3, cfg.embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, cfg.embed_dim))
+        self.blocks = nn.ModuleList(
+            Block(
+                cfg.embed_dim,
+                cfg.num_heads,
+                cfg.mlp_ratio,
+                cfg.use_rel_pos,
+                0 if i in cfg.global_attn_indexes else cfg.window_size,
+                grid,
+            )
+            for i in range(cfg.depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(cfg.embed_dim, cfg.out_chans, kernel_size=1, bias=False),
+            LayerNorm2d(cfg.out_chans),
+            nn.Conv2d(cfg.out_chans, cfg.out_chans, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(cfg.out_chans),
+        )
+
+    def abs_pos(self, h: int, w: int) -> torch.Tensor:
+        """Absolute position embedding for an h x w grid: (1, h, w, C), bicubic-resized if needed."""
+        pos = self.pos_embed
+        if pos.shape[1] == h and pos.shape[2] == w:
+            return pos
+        pos = F.interpolate(pos.permute(0, 3, 1, 2), size=(h, w), mode="bicubic", align_corners=False)
+        return pos.permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.patch_embed(x)
+        x = x + self.abs_pos(x.shape[1], x.shape[2])
+        for block in self.blocks:
+            x = block(x)
+        embeddings = self.neck(x.permute(0, 3, 1, 2))
+        return embeddings, x

@@ -1,0 +1,295 @@
+"""Reduced-precision variants of a bundle's graphs: `python -m model_export optimize BUNDLE --target T`.
+
+Targets (the plain fp32 graphs are never touched; variants are extra files listed in manifest["variants"]):
+
+- `openvino-int8`: ONNX Runtime static quantisation in QDQ format of every MatMul/Gemm whose second input is a
+  weight (the linear layers, ~70% of a ViT's FLOPs): int8 symmetric activations (MinMax calibration), int8
+  per-channel weights. Attention matmuls (activation x activation), softmax, norms and everything else stay
+  float. OpenVINO reads the QuantizeLinear/DequantizeLinear pairs as FakeQuantize and runs those layers in
+  int8 (AMX-int8 / VNNI) and the rest under its bf16 hint. Files `<graph>.int8.qdq.onnx`.
+  Calibration inputs: generated images through the fp32 graphs (encoder, then its patch tokens for the CLIP
+  head) and random CLIP token ids (text encoder).
+- `ort-int8`: ONNX Runtime dynamic quantisation (int8 weights, activations quantised per call) for the
+  `onnxruntime-int8` backend. Files `<graph>.int8.onnx`.
+- `openvino-bf16`: no new file; measures the plain graphs under OpenVINO's bf16 hint and records it.
+
+Default graphs: encoder, clip_head, text_encoder (the SAM decoder is small; it runs at the backend's float
+precision). `--exclude REGEX` keeps matching node names float (for a layer that breaks parity).
+
+Every variant entry records: name, file, sha256, target, runtimes, precision, quantized_nodes and `parity`:
+the figures of model_export.parity.parity_report for the whole target path (all of its graphs swapped in at
+once, under its runtime) against the fp32 graphs in ONNX Runtime, with `passed` = all gates held. Backends
+choose a variant automatically only when it passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from model_export.manifest import artifact_hashes, file_sha256, fingerprint, read_manifest, write_manifest
+from model_export.parity import (
+    CachedRunner,
+    OnnxGraphs,
+    generated_images,
+    parity_report,
+    random_prompts,
+    random_text_ids,
+)
+
+TARGETS = {
+    "openvino-int8": {
+        "name": "int8-qdq",
+        "suffix": ".int8.qdq.onnx",
+        "runtime": "openvino",
+        "precision": "int8",
+        "rank": 1,
+    },
+    "ort-int8": {
+        "name": "int8-dynamic",
+        "suffix": ".int8.onnx",
+        "runtime": "onnxruntime",
+        "precision": "int8",
+        "rank": 1,
+    },
+    "openvino-bf16": {"name": "bf16", "suffix": None, "runtime": "openvino", "precision": "bf16", "rank": 2},
+}
+DEFAULT_GRAPHS = ("encoder", "clip_head", "text_encoder")
+ALL_GRAPHS = ("encoder", "clip_head", "text_encoder", "sam_decoder")
+
+
+def weight_matmuls(onnx_path: Path) -> tuple[list[str], list[str]]:
+    """(names of MatMul/Gemm nodes with a constant second input, names of the other MatMul/Gemm nodes)."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    consts = {i.name for i in model.graph.initializer}
+    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    weighted, other = [], []
+    for node in model.graph.node:
+        if node.op_type in ("MatMul", "Gemm"):
+            (weighted if node.input[1] in consts else other).append(node.name)
+    return weighted, other
+
+
+class _Feeds:
+    """onnxruntime CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+        self._it = iter(feeds)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def calibration_feeds(bundle: Path, manifest: dict[str, Any], samples: int, seed: int) -> dict[str, list]:
+    """Per graph, the calibration feeds: generated images, their fp32 patch tokens, random token ids."""
+    pre = manifest["preprocess"]
+    images = generated_images(samples, pre["image_size"], pre["pixel_mean"], pre["pixel_std"], seed=seed)
+    ref = OnnxGraphs({"encoder": bundle / manifest["graphs"]["encoder"]["file"]})
+    tokens = [ref.encode(images[i : i + 1]).patch_tokens for i in range(samples)]
+    ids = random_text_ids(max(2, samples) * 4, seed=seed)
+    return {
+        "encoder": [{"image": images[i : i + 1]} for i in range(samples)],
+        "clip_head": [{"patch_tokens": t} for t in tokens],
+        "text_encoder": [{"input_ids": ids[i : i + 4]} for i in range(0, len(ids), 4)],
+    }
+
+
+def quantize_graph(
+    src: Path, dst: Path, target: str, feeds: list | None, exclude: str | None = None, attention: bool = False
+) -> int:
+    """Write the quantised graph `dst`; returns how many MatMul/Gemm nodes were quantised.
+
+    attention=True also quantises activation x activation matmuls (QK^T, AV) for `openvino-int8`.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    weighted, other = weight_matmuls(src)
+    candidates = weighted + (other if attention and target != "ort-int8" else [])
+    chosen = [n for n in candidates if not (exclude and re.search(exclude, n))]
+    if target == "ort-int8":
+        quantize_dynamic(src, dst, weight_type=QuantType.QInt8, nodes_to_quantize=chosen)
+        return len(chosen)
+    quantize_static(
+        src,
+        dst,
+        _Feeds(feeds or []),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        nodes_to_quantize=chosen,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibration_providers=["CPUExecutionProvider"],
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )
+    return len(chosen)
+
+
+def _fast_runner(
+    bundle: Path, manifest: dict[str, Any], spec: dict[str, Any], files: dict[str, str]
+) -> OnnxGraphs:
+    paths = {g: bundle / files.get(g, manifest["graphs"][g]["file"]) for g in ALL_GRAPHS}
+    precision = "bf16" if spec["runtime"] == "openvino" else "f32"
+    return OnnxGraphs(paths, runtime=spec["runtime"], precision=precision)
+
+
+class ParityProbe:
+    """Fresh generated inputs + a memoised fp32 ONNX Runtime reference; `report(fast)` -> parity figures."""
+
+    def __init__(self, bundle: Path, manifest: dict[str, Any], samples: int, seed: int) -> None:
+        pre = manifest["preprocess"]
+        grid = pre["image_size"] // manifest["model"]["config"]["encoder"]["patch_size"]
+        self.ref = CachedRunner(OnnxGraphs({g: bundle / manifest["graphs"][g]["file"] for g in ALL_GRAPHS}))
+        s = seed + 1000
+        self.images = generated_images(
+            samples, pre["image_size"], pre["pixel_mean"], pre["pixel_std"], seed=s
+        )
+        self.prompts = random_prompts(12, pre["image_size"], grid, seed=s)
+        self.ids = random_text_ids(5, seed=s)
+
+    def report(self, fast: Any) -> dict[str, Any]:
+        return parity_report(self.ref, fast, self.images, self.prompts, self.ids, n_background=1)
+
+
+def select_graphs(
+    probe: ParityProbe, make_fast: Any, graphs: tuple[str, ...]
+) -> tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]:
+    """Largest passing set of quantised graphs: all of them if the gates hold; else each graph alone, keeping
+    those that pass alone, re-checked together. Returns (kept graphs, their joint parity, per-graph parity)."""
+    joint = probe.report(make_fast(graphs))
+    if joint["passed"] or len(graphs) == 1:
+        return (graphs if joint["passed"] else ()), joint, {}
+    alone = {g: probe.report(make_fast((g,))) for g in graphs}
+    kept = tuple(g for g in graphs if alone[g]["passed"])
+    if len(kept) > 1:
+        joint = probe.report(make_fast(kept))
+        while not joint["passed"] and len(kept) > 1:  # drop the weakest until the joint gates hold
+            kept = tuple(
+                sorted(kept, key=lambda g: -alone[g]["text_segment_iou"] - alone[g]["decoder_mask_iou"])
+            )[:-1]
+            joint = probe.report(make_fast(kept))
+    elif kept:
+        joint = alone[kept[0]]
+    return (kept if joint["passed"] else ()), joint, alone
+
+
+def _record(manifest: dict[str, Any], graph: str, entry: dict[str, Any]) -> None:
+    variants = manifest.setdefault("variants", {})
+    variants[graph] = [v for v in variants.get(graph, []) if v.get("name") != entry["name"]] + [entry]
+
+
+def optimize(
+    bundle: Path,
+    target: str,
+    graphs: tuple[str, ...] = DEFAULT_GRAPHS,
+    calib_samples: int = 4,
+    parity_samples: int = 2,
+    seed: int = 0,
+    exclude: str | None = None,
+    attention: bool = False,
+) -> dict[str, Any]:
+    """Produce the target's variants, measure parity, record them in manifest.json; returns a summary."""
+    from tqdm import tqdm
+
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    spec = dict(TARGETS[target])
+    if attention and target == "openvino-int8":
+        spec.update(name="int8-qdq-attn", suffix=".int8attn.qdq.onnx", rank=0)
+    files: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    t0 = time.perf_counter()
+    if spec["suffix"]:
+        feeds = calibration_feeds(bundle, manifest, calib_samples, seed) if target == "openvino-int8" else {}
+        for graph in tqdm(graphs, desc=f"quantize {target}", unit="graph"):
+            src = bundle / manifest["graphs"][graph]["file"]
+            files[graph] = Path(manifest["graphs"][graph]["file"]).stem + spec["suffix"]
+            counts[graph] = quantize_graph(
+                src, bundle / files[graph], target, feeds.get(graph), exclude, attention
+            )
+    quantize_s = time.perf_counter() - t0
+    probe = ParityProbe(bundle, manifest, parity_samples, seed)
+
+    def make_fast(chosen: tuple[str, ...]) -> OnnxGraphs:
+        return _fast_runner(bundle, manifest, spec, {g: files[g] for g in chosen if g in files})
+
+    kept, parity, alone = select_graphs(probe, make_fast, graphs)
+    for graph in kept:
+        file_name = files.get(graph, manifest["graphs"][graph]["file"])
+        entry = {
+            "name": spec["name"],
+            "file": file_name,
+            "sha256": file_sha256(bundle / file_name),
+            "target": target,
+            "runtimes": [spec["runtime"]],
+            "precision": spec["precision"],
+            "rank": spec["rank"],
+            "quantized_nodes": counts.get(graph, 0),
+            "excluded_pattern": exclude,
+            "calibration": {"samples": calib_samples, "seed": seed, "inputs": "generated images"}
+            if target == "openvino-int8"
+            else None,
+            "parity": {**parity, "with_graphs": list(kept)},
+        }
+        _record(manifest, graph, entry)
+    for graph in set(graphs) - set(kept):  # a failed variant is not listed; its file is removed
+        if graph in files:
+            (bundle / files[graph]).unlink(missing_ok=True)
+    manifest["fingerprint"] = fingerprint(artifact_hashes(manifest))
+    write_manifest(bundle, manifest)
+    return {
+        "target": target,
+        "variant": spec["name"],
+        "kept": list(kept),
+        "dropped": sorted(set(graphs) - set(kept)),
+        "files": {g: files[g] for g in kept if g in files},
+        "quantized_nodes": counts,
+        "quantize_s": round(quantize_s, 1),
+        "parity": parity,
+        "parity_per_graph": alone,
+    }
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def add_optimize_parser(subparsers: Any) -> None:
+    """Register `optimize` on the model_export argparse subparsers."""
+    p = subparsers.add_parser(
+        "optimize", help="write reduced-precision graph variants (int8 / bf16) + parity"
+    )
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--target", choices=sorted(TARGETS), default="openvino-int8")
+    p.add_argument("--graphs", default=",".join(DEFAULT_GRAPHS), help="comma-separated graph names")
+    p.add_argument("--calib-samples", type=int, default=4, help="generated calibration images (static int8)")
+    p.add_argument("--parity-samples", type=int, default=2, help="generated images for the parity figures")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exclude", default=None, help="regex of node names kept float")
+    p.add_argument("--int8-attention", action="store_true", help="also quantise QK^T / AV matmuls")
+    p.set_defaults(func=cmd_optimize)
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    graphs = tuple(g.strip() for g in args.graphs.split(",") if g.strip())
+    unknown = [g for g in graphs if g not in ALL_GRAPHS]
+    if unknown:
+        print(f"unknown graph(s) {unknown}; known: {', '.join(ALL_GRAPHS)}", flush=True)
+        return 2
+    summary = optimize(
+        args.bundle,
+        args.target,
+        graphs,
+        args.calib_samples,
+        args.parity_samples,
+        args.seed,
+        args.exclude,
+        args.int8_attention,
+    )
+    print(json.dumps(summary, indent=2))
+    return 0 if summary["kept"] else 1

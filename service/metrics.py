@@ -1,0 +1,96 @@
+"""Prometheus metrics on a per-app `CollectorRegistry` (so tests can build many apps in one process).
+
+The pipeline calls `observe_graph`, `observe_batch`, `set_queue_depth`, `cache_hit`, `cache_miss`,
+`set_cache_bytes` and `encoder_runs.inc(n)`; the HTTP middleware calls `observe_request`. `GET /metrics`
+renders `render()` in the Prometheus text format.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+PREFIX = "samclip"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+
+disable_created_metrics()  # no `*_created` series: they double the exposition for no use here
+
+
+class Metrics:
+    """All collectors of one app. Every method is cheap and thread-safe (prometheus-client locks)."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            f"{PREFIX}_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.request_seconds = Histogram(
+            f"{PREFIX}_request_seconds",
+            "HTTP request latency by endpoint and status",
+            ["endpoint", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inflight = Gauge(f"{PREFIX}_inflight_requests", "Requests being served now", registry=r)
+        self.graph_seconds = Histogram(
+            f"{PREFIX}_inference_seconds",
+            "Backend time per graph call (encoder, clip_head, text_encoder, sam_decoder)",
+            ["graph"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_encoder_batch_size", "Images per encoder batch", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Images waiting for the encoder", registry=r)
+        self.cache_hits = Counter(f"{PREFIX}_cache_hits", "Image-embedding cache hits", registry=r)
+        self.cache_misses = Counter(f"{PREFIX}_cache_misses", "Image-embedding cache misses", registry=r)
+        self.cache_bytes = Gauge(f"{PREFIX}_cache_bytes", "Bytes held by the image-embedding cache", registry=r)
+        self.encoder_runs = Counter(f"{PREFIX}_encoder_runs", "Images passed through the encoder", registry=r)
+        self.ready = Gauge(f"{PREFIX}_ready", "1 when the model is loaded, warm and not draining", registry=r)
+
+    # --- called by the pipeline ----------------------------------------------------------------------------
+    def observe_graph(self, graph: str, seconds: float) -> None:
+        self.graph_seconds.labels(graph=graph).observe(seconds)
+
+    def observe_batch(self, size: int) -> None:
+        self.batch_size.observe(size)
+
+    def set_queue_depth(self, n: int) -> None:
+        self.queue_depth.set(n)
+
+    def cache_hit(self) -> None:
+        self.cache_hits.inc()
+
+    def cache_miss(self) -> None:
+        self.cache_misses.inc()
+
+    def set_cache_bytes(self, n: int) -> None:
+        self.cache_bytes.set(n)
+
+    # --- called by the HTTP layer ----------------------------------------------------------------------------
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        labels = {"endpoint": endpoint, "status": str(status)}
+        self.requests.labels(**labels).inc()
+        self.request_seconds.labels(**labels).observe(seconds)
+
+    # --- reading -----------------------------------------------------------------------------------------------
+    def sample(self, name: str, **labels: str) -> float:
+        """Current value of one sample (e.g. `sample("samclip_encoder_runs_total")`); 0.0 if absent."""
+        value = self.registry.get_sample_value(name, labels)
+        return 0.0 if value is None else value
+
+    def render(self) -> bytes:
+        """Prometheus text exposition of every collector."""
+        return generate_latest(self.registry)

@@ -1,0 +1,328 @@
+"""The Predictor: image -> cache -> (miss) batched encoder -> CLIP head / SAM decoder -> masks and labels.
+
+ONE encoder pass per image: `get_entry` looks the image up in the embedding cache (key: sha256 of the uploaded
+bytes + bundle fingerprint; the public `image_id` is that sha256 hex) and only on a miss preprocesses it and
+sends it through the dynamic batcher to `backend.encode`. The entry keeps image_embeddings (1, C, h, w) and
+patch_tokens (1, h, w, W) as float32; the CLIP head outputs are computed lazily, once per entry, and memoised.
+Text embeddings (80-template ensembles, see templates.py) live in an LRU keyed by the stripped label.
+Every blocking backend call runs in a thread pool (one lock per graph) so the event loop stays free.
+Deadlines are `time.monotonic()` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+
+from service.cache import EmbeddingCache, LRUCache
+from service.errors import InferenceFailed, InvalidInput, NotFound
+from service.pipeline import prompts as prompt_mod
+from service.pipeline import textseg
+from service.pipeline.decode import DecodedImage
+from service.pipeline.results import LabelScore, MaskResult, RefineResult
+from service.pipeline.templates import ensemble, expand
+from service.pipeline.tokenizer import ClipTokenizer
+from service.pipeline.transforms import postprocess_masks, preprocess, unmap_coords
+from service.runtime.base import ClipOutput
+from service.runtime.batcher import Batcher
+from service.timing import Timings
+
+__all__ = ["ImageEntry", "LabelScore", "MaskResult", "Predictor", "RefineResult"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+TEXT_BATCH = 256  # rows per text-encoder call
+
+
+@dataclass
+class _Memo:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    clip: ClipOutput | None = None
+
+
+@dataclass
+class ImageEntry:
+    """A cached image. image_id = sha256 hex of the uploaded bytes; width/height = ORIGINAL size;
+    input_size = (new_h, new_w) after resize-longest-side; cached = this request found it in the cache.
+    image_embeddings (1, C, h, w) f32; patch_tokens (1, h, w, W) f32."""
+
+    image_id: str
+    width: int
+    height: int
+    input_size: tuple[int, int]
+    image_embeddings: np.ndarray = field(repr=False)
+    patch_tokens: np.ndarray = field(repr=False)
+    cached: bool = False
+    memo: _Memo = field(default_factory=_Memo, repr=False)
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def nbytes(self) -> int:
+        clip = self.memo.clip
+        extra = 0 if clip is None else clip.image_embedding.nbytes + clip.patch_embeddings.nbytes
+        return int(self.image_embeddings.nbytes + self.patch_tokens.nbytes + extra + 512)
+
+
+class Predictor:
+    """See SERVICE_API.md. metrics needs observe_graph, observe_batch, set_queue_depth, cache_hit, cache_miss,
+    set_cache_bytes and an `encoder_runs` counter."""
+
+    def __init__(self, bundle: Any, backend: Any, settings: Any, metrics: Any) -> None:
+        self.bundle, self.backend, self.settings, self.metrics = bundle, backend, settings, metrics
+        if getattr(backend, "metrics", False) is None:
+            backend.metrics = metrics
+        self.image_size = bundle.image_size
+        self.mask_grid = 4 * bundle.embed_grid
+        self.logit_scale = bundle.logit_scale
+        self.tokenizer = ClipTokenizer.from_bundle(bundle)
+        self.cache: EmbeddingCache[ImageEntry] = EmbeddingCache(
+            settings.cache_bytes, bundle.fingerprint, metrics
+        )
+        self.text_cache: LRUCache[np.ndarray] = LRUCache(settings.text_cache_entries)
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="samclip-infer")
+        self._encoder_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samclip-encoder")
+        self._locks = {g: threading.Lock() for g in ("clip_head", "text_encoder", "sam_decoder")}
+        self.batcher = Batcher(
+            self._encode_batch,
+            max_batch_size=settings.max_batch_size,
+            max_batch_wait_ms=settings.max_batch_wait_ms,
+            queue_size=settings.queue_size,
+            executor=self._encoder_pool,
+            metrics=metrics,
+        )
+        self.ready = False
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        await self.batcher.start()
+        if getattr(self.settings, "warmup", True):
+            await self._call(self._warmup)
+        self.ready = True
+
+    async def stop(self) -> None:
+        self.ready = False
+        await self.batcher.stop()
+        self._pool.shutdown(wait=True)
+        self._encoder_pool.shutdown(wait=True)
+
+    def _warmup(self) -> None:
+        """Run all 4 graphs once on dummy inputs (first-call allocations and kernel selection)."""
+        s = self.image_size
+        enc = self.backend.encode(np.zeros((1, 3, s, s), np.float32))
+        self.backend.clip_head(enc.patch_tokens)
+        self.backend.encode_text(self.tokenizer(["warm-up"]))
+        coords = np.array([[[s / 2, s / 2], [0.0, 0.0]]], np.float32)
+        labels = np.array([[1.0, -1.0]], np.float32)
+        masks = np.zeros((1, 1, self.mask_grid, self.mask_grid), np.float32)
+        self.backend.decode(enc.image_embeddings, coords, labels, masks, np.zeros((1,), np.float32))
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    def _locked(self, graph: str, fn: Callable[..., T], *args: Any) -> T:
+        with self._locks[graph]:
+            return fn(*args)
+
+    # --- image entries -------------------------------------------------------------------------------------
+    async def get_entry(
+        self, *, image: DecodedImage | None, image_id: str | None, timings: Timings, deadline: float
+    ) -> ImageEntry:
+        key = image.sha256 if image is not None else (image_id or "").strip().lower()
+        if not key:
+            raise InvalidInput("send an image or an image_id")
+        entry = self.cache.get(key)
+        if entry is not None:
+            timings.cache_hit = True
+            return dataclasses.replace(entry, cached=True)
+        if image is None:
+            raise NotFound(f"unknown image_id {key!r} (evicted or never uploaded); send the image again")
+        timings.cache_hit = False
+        with timings.measure("preprocess"):
+            x, input_size = await self._call(
+                preprocess, image.rgb, self.image_size, self.bundle.pixel_mean, self.bundle.pixel_std
+            )
+        item = (key, x, image.width, image.height, input_size)
+        result = await self.batcher.submit(key, item, deadline)
+        timings.add("queue", result.queued_ms)
+        timings.add("encoder", result.run_ms)
+        return dataclasses.replace(result.value, cached=False)
+
+    def _encode_batch(
+        self, items: list[tuple[str, np.ndarray, int, int, tuple[int, int]]]
+    ) -> list[ImageEntry]:
+        """Batcher callback (encoder thread): stack, encode, split into cached entries."""
+        out = self.backend.encode(np.stack([it[1] for it in items]))
+        n_emb, n_tok = len(out.image_embeddings), len(out.patch_tokens)
+        if n_emb != len(items) or n_tok != len(items):
+            raise InferenceFailed(f"encoder returned {n_emb}/{n_tok} rows for a batch of {len(items)}")
+        self.metrics.encoder_runs.inc(len(items))
+        entries = []
+        for i, (key, _, width, height, input_size) in enumerate(items):
+            entry = ImageEntry(
+                image_id=key,
+                width=width,
+                height=height,
+                input_size=input_size,
+                image_embeddings=np.ascontiguousarray(out.image_embeddings[i : i + 1], np.float32),
+                patch_tokens=np.ascontiguousarray(out.patch_tokens[i : i + 1], np.float32),
+            )
+            self.cache.put(key, entry)
+            entries.append(entry)
+        return entries
+
+    async def _clip(self, entry: ImageEntry, timings: Timings) -> ClipOutput:
+        if entry.memo.clip is None:
+            with timings.measure("head"):
+                await self._call(self._compute_clip, entry)
+        return entry.memo.clip  # type: ignore[return-value]
+
+    def _compute_clip(self, entry: ImageEntry) -> None:
+        with entry.memo.lock:
+            if entry.memo.clip is None:
+                entry.memo.clip = self._locked("clip_head", self.backend.clip_head, entry.patch_tokens)
+                self.cache.refresh_size(entry.image_id)
+
+    # --- text ----------------------------------------------------------------------------------------------
+    def _check_texts(self, texts: list[str], limit: int, what: str) -> list[str]:
+        cleaned = [t.strip() if isinstance(t, str) else "" for t in texts]
+        if not cleaned:
+            raise InvalidInput(f"give at least one {what}")
+        if len(cleaned) > limit:
+            raise InvalidInput(f"{len(cleaned)} {what}s; at most {limit} per request")
+        if any(not t for t in cleaned):
+            raise InvalidInput(f"every {what} must be a non-empty string")
+        return cleaned
+
+    async def _text_embeddings(self, labels: list[str], timings: Timings) -> np.ndarray:
+        """labels -> (L, D) float32 template-ensembled embeddings (LRU-cached per label)."""
+        missing = list(dict.fromkeys(label for label in labels if self.text_cache.get(label) is None))
+        if missing:
+            with timings.measure("text"):
+                await self._call(self._embed_labels, missing)
+        return np.stack([self.text_cache.get(label) for label in labels])  # type: ignore[misc]
+
+    def _embed_labels(self, labels: list[str]) -> None:
+        prompts = [p for label in labels for p in expand(label)]
+        ids = self.tokenizer(prompts)
+        parts = [
+            self._locked("text_encoder", self.backend.encode_text, ids[i : i + TEXT_BATCH])
+            for i in range(0, len(ids), TEXT_BATCH)
+        ]
+        emb = np.concatenate(parts).reshape(len(labels), -1, parts[0].shape[-1])
+        for label, per_template in zip(labels, emb, strict=True):
+            self.text_cache.put(label, ensemble(per_template))
+
+    # --- endpoints -----------------------------------------------------------------------------------------
+    async def classify(
+        self, entry: ImageEntry, labels: list[str], top_k: int, timings: Timings
+    ) -> list[LabelScore]:
+        """Zero-shot: softmax over logit_scale * cos(image, label ensemble); best first, top_k of them."""
+        labels = self._check_texts(labels, self.settings.max_labels, "label")
+        clip = await self._clip(entry, timings)
+        text = await self._text_embeddings(labels, timings)
+        logits = self.logit_scale * (text @ clip.image_embedding[0].astype(np.float32))
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        order = np.argsort(-logits, kind="stable")[: max(1, int(top_k))]
+        return [LabelScore(labels[i], float(probs[i]), float(logits[i])) for i in order]
+
+    async def segment_text(self, entry: ImageEntry, texts: list[str], timings: Timings) -> list[MaskResult]:
+        """One mask per text (rule in textseg.py), against settings.background_prompts."""
+        texts = self._check_texts(texts, self.settings.max_texts, "text")
+        classes = texts + [
+            b for b in self.settings.background_prompts if b.strip() and b.strip() not in texts
+        ]
+        clip = await self._clip(entry, timings)
+        emb = await self._text_embeddings(classes, timings)
+        logits = textseg.class_logits(clip.patch_embeddings[0], emb, self.logit_scale)
+        with timings.measure("postprocess"):
+            return await self._call(
+                textseg.text_segment, logits, texts, entry.input_size, entry.original_size, self.image_size
+            )
+
+    async def segment_prompts(
+        self, entry: ImageEntry, request: prompt_mod.PromptRequest, timings: Timings
+    ) -> list[list[MaskResult]]:
+        """SAM masks per prompt (3 if request.multimask else 1), exactly as SamPredictor would give them."""
+        specs = request.all_prompts()
+        prompt_mod.validate_prompts(specs, entry.width, entry.height, self.settings)
+        shared = (
+            prompt_mod.decode_mask_input(request.mask_input, self.mask_grid) if request.mask_input else None
+        )
+        masks = [
+            prompt_mod.decode_mask_input(s.mask_input_from, self.mask_grid) if s.mask_input_from else shared
+            for s in specs
+        ]
+        batches = prompt_mod.build_decoder_batches(
+            specs, entry.original_size, self.image_size, masks, self.mask_grid
+        )
+        select = [1, 2, 3] if request.multimask else [0]
+        results: list[list[MaskResult]] = [[] for _ in specs]
+        for batch in batches:
+            with timings.measure("decoder"):
+                out = await self._call(
+                    self._locked, "sam_decoder", self.backend.decode, entry.image_embeddings,
+                    batch.point_coords, batch.point_labels, batch.mask_input, batch.has_mask_input,
+                )  # fmt: skip
+            with timings.measure("postprocess"):
+                for row, i in enumerate(batch.indices):
+                    results[i] = await self._call(
+                        self._masks, out.low_res_masks[row, select], out.iou_predictions[row, select], entry
+                    )
+        return results
+
+    def _masks(
+        self, low: np.ndarray, iou: np.ndarray, entry: ImageEntry, label: str | None = None
+    ) -> list[MaskResult]:
+        """low (M, 4h, 4w) logits, iou (M,) -> M MaskResults at original size (logits > 0)."""
+        full = postprocess_masks(low, entry.input_size, entry.original_size, self.image_size)
+        return [
+            MaskResult(mask=full[m] > 0, score=float(iou[m]), iou_prediction=float(iou[m]), label=label,
+                       low_res_logits=np.array(low[m], np.float32))
+            for m in range(len(low))
+        ]  # fmt: skip
+
+    async def refine(
+        self, entry: ImageEntry, text: str, num_points: int, seed: int, timings: Timings
+    ) -> RefineResult:
+        """CLIP-head coarse mask -> importance-sampled points + mask prompt -> SAM decoder (textseg.py)."""
+        (text,) = self._check_texts([text], 1, "text")
+        if not 1 <= num_points <= self.settings.max_points_per_prompt:
+            raise InvalidInput(f"num_points must be in 1..{self.settings.max_points_per_prompt}")
+        classes = [text] + [b for b in self.settings.background_prompts if b.strip() and b.strip() != text]
+        clip = await self._clip(entry, timings)
+        emb = await self._text_embeddings(classes, timings)
+        logits = textseg.class_logits(clip.patch_embeddings[0], emb, self.logit_scale)
+        valid = textseg.valid_cells(self.mask_grid, entry.input_size, self.image_size)
+        conf, wins = textseg.coarse_confidence(logits, self.mask_grid)
+        coords, labels = textseg.sample_points(conf, wins, valid, num_points, seed, self.image_size)
+        mask_in = textseg.mask_prompt(conf, valid)
+        with timings.measure("decoder"):
+            out = await self._call(
+                self._locked, "sam_decoder", self.backend.decode, entry.image_embeddings,
+                np.concatenate([coords, np.zeros((1, 2), np.float32)])[None],
+                np.concatenate([labels, [-1.0]]).astype(np.float32)[None],
+                mask_in[None], np.ones((1,), np.float32),
+            )  # fmt: skip
+        best = int(np.argmax(out.iou_predictions[0]))
+        with timings.measure("postprocess"):
+            (fine,) = await self._call(
+                self._masks, out.low_res_masks[0, [best]], out.iou_predictions[0, [best]], entry, text
+            )
+            (coarse,) = await self._call(
+                textseg.text_segment, logits, [text], entry.input_size, entry.original_size, self.image_size
+            )
+        original = unmap_coords(coords, entry.original_size, self.image_size)
+        points = [(float(x), float(y), int(lab)) for (x, y), lab in zip(original, labels, strict=True)]
+        return RefineResult(mask=fine, coarse=coarse, points=points)

@@ -1,0 +1,1 @@
+"""Thin routers, one per concern: health (healthz/readyz/info), embed, classify, segment, metrics."""

@@ -1,0 +1,194 @@
+"""Native TensorRT backend (`SAMCLIP_BACKEND=tensorrt`): the engines `python -m model_export build-trt` wrote.
+
+Load: pick one engine record per graph from `manifest["engines"]` for the wanted precision
+(`settings.precision`: "fp16" default, or "fp32") that matches THIS GPU's compute capability and THIS TensorRT
+version exactly; anything else is refused with a BackendError naming the file, what it was built for and the
+rebuild command (the app then stays live but never ready). Each file's sha256 is checked before it is
+deserialized.
+
+Run: one execution context, one non-blocking CUDA stream, and one set of device + pinned host buffers per
+graph, sized once for the profile's max shapes (no allocation per call); a lock per graph serialises calls, so
+each graph behaves as one worker with its own stream. A call copies inputs into pinned memory, H2D async,
+`set_input_shape` for every input, `set_tensor_address` for every tensor, `execute_async_v3`, D2H async, one
+stream sync. Batches larger than the profile's max (encoder/CLIP-head B, text N, decoder K) run in chunks.
+Device memory and streams come from cuda-python (service/runtime/cuda_rt.py), never torch.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.runtime.base import BackendError, BackendInfo, ClipOutput, DecoderOutput, EncoderOutput
+from service.runtime.cuda_rt import CudaRuntime, PinnedBuffer
+from service.runtime.trt_engines import GRAPHS, EngineMismatch, select_engines
+
+# inputs whose axis 0 is the chunkable batch axis, per graph
+_BATCHED_INPUTS = {
+    "encoder": ("image",),
+    "clip_head": ("patch_tokens",),
+    "text_encoder": ("input_ids",),
+    "sam_decoder": ("point_coords", "point_labels", "mask_input", "has_mask_input"),
+}
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class TrtGraph:
+    """One deserialized engine with its context, stream and max-size buffers. Not thread-safe by itself."""
+
+    def __init__(self, trt: Any, runtime: Any, cuda: CudaRuntime, path: Path, name: str) -> None:
+        self.name, self.trt, self.cuda = name, trt, cuda
+        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise BackendError(f"TensorRT could not deserialize {path.name} (corrupt or incompatible engine)")
+        self.context = self.engine.create_execution_context()
+        self.stream = cuda.stream_create()
+        self.lock = threading.Lock()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.inputs = [n for n in names if is_input[n]]
+        self.outputs = [n for n in names if not is_input[n]]
+        self.dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in names}
+        self.max_shapes = self._max_shapes()
+        self.device: dict[str, int] = {}
+        self.host: dict[str, PinnedBuffer] = {}
+        for n, shape in self.max_shapes.items():
+            nbytes = int(np.prod(shape, dtype=np.int64)) * self.dtypes[n].itemsize
+            self.device[n] = cuda.malloc(nbytes)
+            self.host[n] = PinnedBuffer(cuda, nbytes)
+            self.context.set_tensor_address(n, self.device[n])
+
+    def _max_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Profile-0 max shape of every input; output shapes inferred by the context at those inputs."""
+        shapes = {}
+        for n in self.inputs:
+            _lo, _opt, hi = self.engine.get_tensor_profile_shape(n, 0)
+            shapes[n] = tuple(int(d) for d in hi)
+            self.context.set_input_shape(n, shapes[n])
+        for n in self.outputs:
+            shapes[n] = tuple(int(d) for d in self.context.get_tensor_shape(n))
+            if any(d < 0 for d in shapes[n]):
+                raise BackendError(f"{self.name}: output {n} has a data-dependent shape {shapes[n]}")
+        return shapes
+
+    @property
+    def max_batch(self) -> int:
+        return min(self.max_shapes[n][0] for n in _BATCHED_INPUTS[self.name] if n in self.max_shapes)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """feeds: input name -> host array (any float/int dtype, cast to the engine's). Returns float32 copies."""
+        with self.lock:
+            for n in self.inputs:
+                arr = np.ascontiguousarray(feeds[n], dtype=self.dtypes[n])
+                hi = self.max_shapes[n]
+                if arr.ndim != len(hi) or any(d > m for d, m in zip(arr.shape, hi, strict=True)):
+                    raise BackendError(f"{self.name}: input {n} shape {arr.shape} exceeds the engine profile {hi}")
+                self.host[n].view(arr.shape, arr.dtype)[...] = arr
+                self.cuda.htod_async(self.device[n], self.host[n].ptr, arr.nbytes, self.stream)
+                if not self.context.set_input_shape(n, arr.shape):
+                    raise BackendError(f"{self.name}: TensorRT rejected shape {arr.shape} for {n}")
+            shapes = {n: tuple(int(d) for d in self.context.get_tensor_shape(n)) for n in self.outputs}
+            if not self.context.execute_async_v3(int(self.stream)):
+                raise BackendError(f"{self.name}: TensorRT execute_async_v3 failed")
+            views = {}
+            for n, shape in shapes.items():
+                views[n] = self.host[n].view(shape, self.dtypes[n])
+                self.cuda.dtoh_async(self.host[n].ptr, self.device[n], views[n].nbytes, self.stream)
+            self.cuda.stream_sync(self.stream)
+            return {n: v.astype(np.float32, copy=True) for n, v in views.items()}
+
+    def run_chunked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`run` over axis-0 chunks of at most `max_batch` rows of the batched inputs; outputs concatenated."""
+        batched = [n for n in _BATCHED_INPUTS[self.name] if n in feeds]
+        total = feeds[batched[0]].shape[0]
+        step = self.max_batch
+        if total <= step:
+            return self.run(feeds)
+        parts = []
+        for start in range(0, total, step):
+            chunk = {n: (a[start : start + step] if n in batched else a) for n, a in feeds.items()}
+            parts.append(self.run(chunk))
+        return {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+
+    def close(self) -> None:
+        for n in list(self.device):
+            self.cuda.free(self.device.pop(n))
+            self.host.pop(n).free()
+        self.cuda.stream_destroy(self.stream)
+
+
+def _import_trt() -> Any:
+    try:
+        import tensorrt as trt  # noqa: PLC0415
+    except ImportError as exc:
+        raise BackendError(
+            "TensorRT is not installed here (pip install 'samclip-serve[trt]'); choose another backend"
+        ) from exc
+    return trt
+
+
+class TensorRTBackend:
+    """Backend over the bundle's TensorRT engines. `trt` and `cuda` are injectable for tests."""
+
+    def __init__(self, bundle: Any, settings: Any, *, trt: Any = None, cuda: CudaRuntime | None = None) -> None:
+        precision = getattr(settings, "precision", None) or "fp16"
+        if precision not in ("fp16", "fp32"):
+            precision = "fp16"  # "auto"/"bf16" -> the usual engine precision
+        device = int(getattr(settings, "cuda_device", 0) or 0)
+        trt = trt if trt is not None else _import_trt()
+        cuda = cuda if cuda is not None else CudaRuntime(device)
+        dev = cuda.device_info()
+        try:
+            records = select_engines(bundle.manifest, precision, dev.compute_capability, trt.__version__)
+        except EngineMismatch as exc:
+            raise BackendError(str(exc)) from None
+        root = Path(bundle.path)
+        for rec in records.values():
+            path = root / rec["file"]
+            if not path.is_file():
+                raise BackendError(f"engine file {rec['file']} listed in the manifest is missing from {root}")
+            if _sha256(path) != rec.get("sha256"):
+                raise BackendError(f"engine file {rec['file']}: sha256 differs from the manifest (corrupt?)")
+        logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(logger)
+        self.graphs = {g: TrtGraph(trt, self._runtime, cuda, root / records[g]["file"], g) for g in GRAPHS}
+        self.info = BackendInfo(
+            name="tensorrt", device=f"cuda:{device}", precision=precision,
+            details={"gpu": dev.name, "compute_capability": list(dev.compute_capability),
+                     "tensorrt": trt.__version__, "engines": {g: r["file"] for g, r in records.items()},
+                     "max_batch": {g: self.graphs[g].max_batch for g in GRAPHS}},
+        )
+
+    def encode(self, images: np.ndarray) -> EncoderOutput:
+        out = self.graphs["encoder"].run_chunked({"image": images})
+        return EncoderOutput(out["image_embeddings"], out["patch_tokens"])
+
+    def clip_head(self, patch_tokens: np.ndarray) -> ClipOutput:
+        out = self.graphs["clip_head"].run_chunked({"patch_tokens": patch_tokens})
+        return ClipOutput(out["image_embedding"], out["patch_embeddings"])
+
+    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
+        return self.graphs["text_encoder"].run_chunked({"input_ids": input_ids})["text_embedding"]
+
+    def decode(self, image_embeddings: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,
+               mask_input: np.ndarray, has_mask_input: np.ndarray) -> DecoderOutput:
+        feeds = {"image_embeddings": image_embeddings, "point_coords": point_coords, "point_labels": point_labels,
+                 "mask_input": mask_input, "has_mask_input": has_mask_input}
+        out = self.graphs["sam_decoder"].run_chunked(feeds)
+        return DecoderOutput(out["iou_predictions"], out["low_res_masks"])
+
+    def close(self) -> None:
+        for g in self.graphs.values():
+            g.close()

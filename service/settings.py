@@ -1,0 +1,136 @@
+"""All service settings: ONE pydantic-settings class, read from `SAMCLIP_*` environment variables.
+
+Example: `SAMCLIP_BUNDLE=bundles/tiny SAMCLIP_MAX_BATCH_SIZE=8 python -m service`. List settings accept JSON
+(`'["CUDAExecutionProvider","CPUExecutionProvider"]'`) or comma-separated text (`CUDAExecutionProvider,CPU...`).
+Keyword arguments (`Settings(bundle=...)`, used by the CLI) take priority over the environment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+GiB = 1024**3
+MiB = 1024**2
+
+StrList = Annotated[list[str], NoDecode]
+
+
+def _split_list(value: Any) -> Any:
+    """Accept a JSON list or comma-separated text for list settings given as strings."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of the server. Field names are part of the interface (see .agents/SERVICE_API.md)."""
+
+    model_config = SettingsConfigDict(env_prefix="SAMCLIP_", extra="ignore", validate_default=True)
+
+    # --- model bundle and runtime -------------------------------------------------------------------------
+    bundle: Path | None = Field(
+        None,
+        description="Model bundle directory written by `python -m model_export export` (manifest.json + "
+        "ONNX graphs). None: use `default_bundle_dir` (the CLI exports a random-init tiny bundle there if empty).",
+    )
+    default_bundle_dir: Path = Field(
+        Path("bundles/default"),
+        description="Bundle served when `bundle` is not set. The CLI exports a random-init `tiny` bundle here "
+        "when it holds no manifest.json (needs the `export` extra); point it at a trained bundle in production.",
+    )
+    backend: str = Field("onnxruntime", description="Inference backend name (service.runtime.base registry).")
+    providers: StrList = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="ONNX Runtime execution providers in priority order, e.g. CUDAExecutionProvider,CPUExecutionProvider.",
+    )
+    intra_op_threads: int = Field(0, ge=0, description="Threads inside one op; 0 = CPUs this process may use.")
+    inter_op_threads: int = Field(1, ge=0, description="Threads across independent ops.")
+    warmup: bool = Field(True, description="Run every graph once at start before /readyz turns 200.")
+
+    # --- batching, queueing, deadlines ---------------------------------------------------------------------
+    max_batch_size: int = Field(4, ge=1, description="Most images in one encoder batch.")
+    max_batch_wait_ms: float = Field(10, ge=0, description="How long the batcher waits to fill a batch.")
+    queue_size: int = Field(32, ge=1, description="Encoder queue bound; a full queue answers 429 + Retry-After.")
+    request_timeout_s: float = Field(
+        60, gt=0, description="Per-request deadline; a request still queued when it passes gets 504."
+    )
+
+    # --- caches ---------------------------------------------------------------------------------------------
+    cache_bytes: int = Field(2 * GiB, ge=0, description="Byte bound of the image-embedding LRU cache.")
+    text_cache_entries: int = Field(4096, ge=0, description="Entries in the text-embedding LRU cache.")
+
+    # --- input limits ---------------------------------------------------------------------------------------
+    max_body_bytes: int = Field(32 * MiB, ge=1, description="Largest request body (413 above, also chunked).")
+    max_form_fields: int = Field(16, ge=1, description="Most multipart/urlencoded fields per request (400 above).")
+    max_form_part_bytes: int = Field(
+        1 * MiB, ge=1, description="Largest non-file form field, e.g. `prompts` JSON (400 above)."
+    )
+    max_image_pixels: int = Field(40_000_000, ge=1, description="Pixel cap (decompression bombs -> 422).")
+    max_image_side: int = Field(16384, ge=1, description="Longest allowed image side (422 above).")
+    allowed_formats: StrList = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"],
+        description="Pillow format names accepted (others -> 415).",
+    )
+    max_prompts: int = Field(64, ge=1, description="Most prompts (points/box groups) per /segment/prompt call.")
+    max_points_per_prompt: int = Field(32, ge=1, description="Most points in one prompt.")
+    max_texts: int = Field(16, ge=1, description="Most `text` values per /segment call.")
+    max_labels: int = Field(1000, ge=1, description="Most labels per /classify call.")
+    max_text_chars: int = Field(300, ge=1, description="Longest single text / label in characters.")
+
+    # --- refine and text-segment defaults -------------------------------------------------------------------
+    refine_points: int = Field(8, ge=1, description="Default number of points sampled by /segment/refine.")
+    refine_seed: int = Field(0, description="Default RNG seed for /segment/refine point sampling.")
+    background_prompts: StrList = Field(
+        default_factory=lambda: ["background"],
+        description="Texts added as background classes in /segment?text= (a pixel is background when a "
+        "background prompt scores highest).",
+    )
+
+    # --- HTTP server ----------------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 in containers).")
+    port: int = Field(8000, ge=0, le=65535, description="Bind port.")
+    workers: int = Field(1, ge=1, description="Uvicorn worker processes (graceful drain needs 1).")
+    api_key: SecretStr | None = Field(
+        None,
+        description="Optional API key. When set, every route except /healthz, /readyz, /metrics and the docs "
+        "needs `Authorization: Bearer KEY` or `X-API-Key: KEY` (401 otherwise).",
+    )
+    drain_timeout_s: float = Field(
+        25, gt=0, description="On SIGTERM: longest wait for in-flight requests before the process exits."
+    )
+    cors_origins: StrList = Field(default_factory=list, description="Allowed CORS origins; empty = no CORS.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_json: bool = Field(False, description="One JSON object per log line (for log shippers).")
+
+    @field_validator("providers", "allowed_formats", "background_prompts", "cors_origins", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("allowed_formats")
+    @classmethod
+    def _upper_formats(cls, value: list[str]) -> list[str]:
+        return [item.upper() for item in value]
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    def resolved_bundle(self) -> Path:
+        """The bundle directory to serve: `bundle` if set, else `default_bundle_dir`."""
+        return self.bundle if self.bundle is not None else self.default_bundle_dir
+
+    def summary(self) -> dict[str, Any]:
+        """Settings for /info: secrets masked (only whether an API key is set)."""
+        data = self.model_dump(mode="json", exclude={"api_key"})
+        data["api_key_set"] = self.api_key is not None
+        return data

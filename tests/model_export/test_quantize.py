@@ -1,0 +1,167 @@
+"""`python -m model_export optimize`: reduced-precision variants, their manifest records and parity figures.
+
+Parity is measured against the plain fp32 graphs in ONNX Runtime on the random-init `tiny` bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime.quantization")
+
+from model_export import quantize  # noqa: E402
+from model_export.manifest import check_artifacts, read_manifest  # noqa: E402
+from model_export.parity import (  # noqa: E402
+    GATES,
+    OnnxGraphs,
+    cosine_rows,
+    mask_iou,
+    random_prompts,
+    random_text_ids,
+    text_segment_masks,
+)
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A copy of tiny with the openvino-int8 variant written through the CLI; (path, printed summary)."""
+    pytest.importorskip("openvino")
+    from model_export.cli import main
+
+    out = tmp_path_factory.mktemp("q") / "tiny"
+    shutil.copytree(tiny_bundle, out)
+    return out, {"status": main(["optimize", str(out), "--target", "openvino-int8", "--calib-samples", "2"])}
+
+
+def test_weight_matmuls_splits_linear_from_attention(tiny_bundle: Path) -> None:
+    weighted, other = quantize.weight_matmuls(tiny_bundle / "encoder.onnx")
+    cfg = read_manifest(tiny_bundle)["model"]["config"]["encoder"]
+    # per block: qkv, proj, mlp fc1, fc2 have weights; q@k^T and attn@v (and rel-pos einsums) do not
+    assert len(weighted) >= 4 * cfg["depth"]
+    assert len(other) >= 2 * cfg["depth"]
+    assert not set(weighted) & set(other)
+
+
+def test_optimize_openvino_int8_records_passing_variants(int8_bundle: tuple[Path, dict]) -> None:
+    bundle, summary = int8_bundle
+    assert summary["status"] == 0
+    manifest = read_manifest(bundle)
+    assert check_artifacts(bundle, manifest) == []  # sha256 of the new files and the fingerprint are updated
+    entries = [e for v in manifest["variants"].values() for e in v if e["name"] == "int8-qdq"]
+    assert entries, "no graph kept its int8 variant"
+    for entry in entries:
+        assert (bundle / entry["file"]).is_file() and entry["file"].endswith(".int8.qdq.onnx")
+        assert entry["runtimes"] == ["openvino"] and entry["quantized_nodes"] > 0
+        parity = entry["parity"]
+        assert parity["passed"] is True
+        assert all(parity[k] >= v for k, v in GATES.items())
+    # the plain fp32 graphs are untouched and still listed
+    assert manifest["graphs"]["encoder"]["file"] == "encoder.onnx"
+
+
+def test_int8_graph_has_quantize_nodes_and_stays_close(int8_bundle: tuple[Path, dict]) -> None:
+    import onnx
+
+    bundle, _ = int8_bundle
+    manifest = read_manifest(bundle)
+    entry = next(e for e in manifest["variants"].get("encoder", []) if e["name"] == "int8-qdq")
+    ops = {n.op_type for n in onnx.load(str(bundle / entry["file"])).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    ref = OnnxGraphs({"encoder": bundle / "encoder.onnx"})
+    fast = OnnxGraphs({"encoder": bundle / entry["file"]}, runtime="openvino", precision="bf16")
+    x = np.random.default_rng(0).standard_normal((1, 3, 256, 256)).astype(np.float32)
+    cos = cosine_rows(ref.encode(x).image_embeddings, fast.encode(x).image_embeddings)
+    assert cos[0] > 0.999
+
+
+def test_optimize_ort_int8_and_openvino_bf16(tiny_bundle: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "tiny"
+    shutil.copytree(tiny_bundle, bundle)
+    summary = quantize.optimize(bundle, "ort-int8", graphs=("encoder",), parity_samples=1)
+    assert summary["kept"] == ["encoder"]
+    assert (bundle / "encoder.int8.onnx").stat().st_size < 0.5 * (bundle / "encoder.onnx").stat().st_size
+    bf16 = quantize.optimize(bundle, "openvino-bf16", graphs=("encoder", "sam_decoder"), parity_samples=1)
+    assert bf16["parity"]["passed"] and bf16["files"] == {}
+    manifest = read_manifest(bundle)
+    names = {e["name"] for e in manifest["variants"]["encoder"]}
+    assert names == {"int8-dynamic", "bf16"}
+    assert manifest["variants"]["sam_decoder"][0]["file"] == "sam_decoder.onnx"
+    assert check_artifacts(bundle, manifest) == []
+
+
+def test_select_graphs_drops_the_graph_that_breaks_parity() -> None:
+    """Greedy selection: all pass -> all kept; one fails alone -> dropped, the rest re-checked together."""
+
+    class Probe:
+        def __init__(self, bad: set[str]) -> None:
+            self.bad = bad
+
+        def report(self, fast: tuple[str, ...]) -> dict:
+            ok = not (set(fast) & self.bad)
+            return {"passed": ok, "text_segment_iou": 1.0 if ok else 0.5, "decoder_mask_iou": 1.0}
+
+    graphs = ("encoder", "clip_head", "text_encoder")
+    kept, joint, alone = quantize.select_graphs(Probe(set()), lambda g: g, graphs)
+    assert kept == graphs and joint["passed"] and alone == {}
+    kept, joint, alone = quantize.select_graphs(Probe({"clip_head"}), lambda g: g, graphs)
+    assert kept == ("encoder", "text_encoder") and joint["passed"]
+    assert alone["clip_head"]["passed"] is False
+    kept, _, _ = quantize.select_graphs(Probe(set(graphs)), lambda g: g, graphs)
+    assert kept == ()
+
+
+def test_failed_variant_is_not_listed(
+    tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With an impossible gate nothing is kept: no variant entry, no stray file, exit status 1."""
+    from model_export import parity
+    from model_export.cli import main
+
+    bundle = tmp_path / "tiny"
+    shutil.copytree(tiny_bundle, bundle)
+    monkeypatch.setitem(parity.GATES, "clip_image_cosine", 1.01)
+    status = main(
+        ["optimize", str(bundle), "--target", "ort-int8", "--graphs", "encoder", "--parity-samples", "1"]
+    )
+    assert status == 1
+    assert not (bundle / "encoder.int8.onnx").exists()
+    assert not read_manifest(bundle).get("variants", {}).get("encoder")
+
+
+def test_optimize_rejects_unknown_graph(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from model_export.cli import main
+
+    assert main(["optimize", str(tiny_bundle), "--graphs", "nope"]) == 2
+    assert "unknown graph" in capsys.readouterr().out
+
+
+def test_parity_metrics() -> None:
+    a = np.zeros((4, 4), bool)
+    b = a.copy()
+    assert mask_iou(a, b) == 1.0
+    a[:2], b[1:3] = True, True
+    assert mask_iou(a, b) == pytest.approx(1 / 3)
+    x = np.random.default_rng(0).standard_normal((3, 5))
+    assert np.allclose(cosine_rows(x, 2 * x), 1.0) and np.allclose(cosine_rows(x, -x), -1.0)
+    patches = np.zeros((2, 2, 3))
+    patches[0, :, 0] = 1
+    patches[1, :, 2] = 1
+    texts = np.eye(3)  # text 0, text 1, background = axis 2
+    masks = text_segment_masks(patches, texts, n_background=1)
+    assert masks.shape == (2, 2, 2) and masks[0, 0].all() and not masks[0, 1].any() and not masks[1].any()
+
+
+def test_random_prompts_follow_the_bundle_layout() -> None:
+    p = random_prompts(6, 256, 16, seed=1)
+    k, n, _ = p["point_coords"].shape
+    assert k == 6 and p["point_labels"].shape == (6, n) and p["mask_input"].shape == (6, 1, 64, 64)
+    assert set(np.unique(p["point_labels"])) <= {-1.0, 0.0, 1.0, 2.0, 3.0}
+    assert p["has_mask_input"].sum() == 2
+    ids = random_text_ids(3)
+    assert ids.shape == (3, 77) and (ids.argmax(axis=1) > 0).all()
+    assert json.dumps(p["point_coords"].tolist())  # plain floats

@@ -1,0 +1,177 @@
+"""build-trt's pure-Python side: profiles from the manifest, fp32-layer rule, names, records, manifest update,
+CLI wiring. TensorRT itself is not installed on CPU machines: the one real build test is marked `gpu`."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from model_export import trt_build
+from model_export.trt_build import ProfileLimits, compute_profiles, keep_fp32
+from service.runtime.trt_engines import (
+    EngineMismatch,
+    engine_filename,
+    record_mismatch,
+    select_engines,
+    upsert_engine_records,
+)
+
+
+def _manifest(size=256, patch=16, c=64, w=96) -> dict:
+    h = size // patch
+    f32 = "float32"
+    return {
+        "model": {"name": "tiny", "config": {"image_size": size, "encoder": {"patch_size": patch}}},
+        "graphs": {
+            "encoder": {"file": "encoder.onnx", "inputs": [{"name": "image", "shape": ["batch", 3, size, size], "dtype": f32}]},
+            "clip_head": {"file": "clip_head.onnx",
+                          "inputs": [{"name": "patch_tokens", "shape": ["batch", "h", "w", w], "dtype": f32}]},
+            "text_encoder": {"file": "text_encoder.onnx",
+                             "inputs": [{"name": "input_ids", "shape": ["n", 77], "dtype": "int64"}]},
+            "sam_decoder": {"file": "sam_decoder.onnx", "inputs": [
+                {"name": "image_embeddings", "shape": [1, c, h, h], "dtype": f32},
+                {"name": "point_coords", "shape": ["k", "n", 2], "dtype": f32},
+                {"name": "point_labels", "shape": ["k", "n"], "dtype": f32},
+                {"name": "mask_input", "shape": ["k", 1, 4 * h, 4 * h], "dtype": f32},
+                {"name": "has_mask_input", "shape": ["k"], "dtype": f32}]},
+        },
+    }
+
+
+def test_profiles_follow_manifest_and_limits():
+    p = compute_profiles(_manifest(size=1024, c=256, w=768), ProfileLimits(max_batch=32, max_prompts=64, max_points=10))
+    assert p["encoder"]["image"] == {"min": [1, 3, 1024, 1024], "opt": [4, 3, 1024, 1024], "max": [32, 3, 1024, 1024]}
+    assert p["clip_head"]["patch_tokens"] == {"min": [1, 28, 28, 768], "opt": [4, 64, 64, 768], "max": [32, 64, 64, 768]}
+    assert p["text_encoder"]["input_ids"] == {"min": [1, 77], "opt": [80, 77], "max": [128, 77]}
+    dec = p["sam_decoder"]
+    assert dec["image_embeddings"]["min"] == dec["image_embeddings"]["max"] == [1, 256, 64, 64]
+    assert dec["point_coords"] == {"min": [1, 1, 2], "opt": [16, 2, 2], "max": [64, 10, 2]}
+    assert dec["point_labels"]["max"] == [64, 10] and dec["has_mask_input"]["max"] == [64]
+    assert dec["mask_input"]["max"] == [64, 1, 256, 256]
+
+
+def test_profiles_clamp_opt_and_grid_to_small_limits():
+    p = compute_profiles(_manifest(), ProfileLimits(max_batch=2, max_prompts=3, max_points=1, max_text_batch=5))
+    assert p["encoder"]["image"]["opt"][0] == 2 and p["text_encoder"]["input_ids"]["opt"] == [5, 77]
+    assert p["clip_head"]["patch_tokens"]["min"][1:3] == [16, 16]  # tiny grid 16 < 28: one grid
+    assert p["sam_decoder"]["point_coords"]["opt"] == [3, 1, 2]
+
+
+def test_profiles_reject_bad_limits_and_unknown_dynamic_axes():
+    with pytest.raises(ValueError, match="max_batch must be >= 1"):
+        compute_profiles(_manifest(), ProfileLimits(max_batch=0))
+    with pytest.raises(ValueError, match="grid range"):
+        compute_profiles(_manifest(), ProfileLimits(min_grid=20))
+    m = _manifest()
+    m["graphs"]["encoder"]["inputs"][0]["shape"] = ["batch", 3, "height", 256]
+    with pytest.raises(ValueError, match=r"encoder\.image: axis 2 \('height'\)"):
+        compute_profiles(m, ProfileLimits())
+
+
+def test_fp32_layer_rule():
+    assert keep_fp32("NORMALIZATION") and keep_fp32("SOFTMAX") and keep_fp32("REDUCE")
+    assert keep_fp32("ELEMENTWISE", "POW")
+    assert not keep_fp32("ELEMENTWISE", "SUM") and not keep_fp32("MATRIX_MULTIPLY") and not keep_fp32("CONVOLUTION")
+
+
+def test_pin_fp32_layers_sets_precision_and_output_types():
+    """_pin_fp32_layers against a fake TensorRT network: only the rule's layers, only float outputs."""
+    ns = SimpleNamespace
+    float32, float16, int64 = "f32", "f16", "i64"
+
+    class Layer:
+        def __init__(self, type_name, out_dtypes, op=None):
+            self.type, self.op = ns(name=type_name), ns(name=op) if op else None
+            self._outs = [ns(dtype=d) for d in out_dtypes]
+            self.num_outputs, self.precision, self.out_types = len(out_dtypes), None, {}
+
+        def get_output(self, i):
+            return self._outs[i]
+
+        def set_output_type(self, i, dt):
+            self.out_types[i] = dt
+
+    layers = [Layer("NORMALIZATION", [float16]), Layer("ELEMENTWISE", [float32], "POW"),
+              Layer("ELEMENTWISE", [float32], "SUM"), Layer("REDUCE", [int64]), Layer("SOFTMAX", [float32, float32]),
+              Layer("MATRIX_MULTIPLY", [float16])]
+    trt = ns(LayerType=ns(ELEMENTWISE=layers[1].type), IElementWiseLayer=Layer, float32=float32, float16=float16)
+    layers[2].type = trt.LayerType.ELEMENTWISE
+    network = ns(num_layers=len(layers), get_layer=lambda i: layers[i])
+    assert trt_build._pin_fp32_layers(trt, network) == 3
+    assert [lay.precision for lay in layers] == [float32, float32, None, None, float32, None]
+    assert layers[4].out_types == {0: float32, 1: float32} and layers[3].out_types == {}
+
+
+def test_engine_names():
+    assert engine_filename("encoder", (9, 0), "10.3.0", "fp16") == "encoder.sm90.trt10.3.0.fp16.engine"
+    assert engine_filename("sam_decoder", [8, 6], "10.0.1.6", "fp32") == "sam_decoder.sm86.trt10.0.1.6.fp32.engine"
+    with pytest.raises(ValueError):
+        engine_filename("decoder", (9, 0), "10.3.0", "fp16")
+    with pytest.raises(ValueError):
+        engine_filename("encoder", (9, 0), "10.3.0", "int8")
+    with pytest.raises(ValueError):
+        engine_filename("encoder", (9, 0), "../x", "fp16")
+
+
+def _rec(graph, cc=(9, 0), trt="10.3.0", precision="fp16"):
+    return {"graph": graph, "file": engine_filename(graph, cc, trt, precision), "compute_capability": list(cc),
+            "tensorrt": trt, "precision": precision, "device_name": "GPU"}
+
+
+def test_record_compatibility_and_selection():
+    assert record_mismatch(_rec("encoder"), (9, 0), "10.3.0") is None
+    assert "compute capability 8.9" in record_mismatch(_rec("encoder", cc=(8, 9)), (9, 0), "10.3.0")
+    assert "TensorRT 10.2.0" in record_mismatch(_rec("encoder", trt="10.2.0"), (9, 0), "10.3.0")
+    graphs = ("encoder", "clip_head", "text_encoder", "sam_decoder")
+    manifest = {"engines": [_rec(g, cc=(8, 6)) for g in graphs] + [_rec(g) for g in graphs]}
+    chosen = select_engines(manifest, "fp16", (9, 0), "10.3.0")
+    assert {r["file"] for r in chosen.values()} == {f"{g}.sm90.trt10.3.0.fp16.engine" for g in graphs}
+    with pytest.raises(EngineMismatch, match="sam_decoder.sm86.trt10.3.0.fp16.engine"):
+        select_engines({"engines": [_rec(g, cc=(8, 6)) for g in graphs]}, "fp16", (9, 0), "10.3.0")
+    partial = {"engines": [_rec(g) for g in graphs[:3]]}
+    with pytest.raises(EngineMismatch, match="for sam_decoder — no engine recorded"):
+        select_engines(partial, "fp16", (9, 0), "10.3.0")
+
+
+def test_upsert_keeps_other_gpus_and_replaces_same_key():
+    old = {"format_version": 1, "engines": [_rec("encoder", cc=(8, 6)), dict(_rec("encoder"), sha256="old")]}
+    new = upsert_engine_records(old, [dict(_rec("encoder"), sha256="new"), _rec("clip_head")])
+    assert old["engines"][1]["sha256"] == "old"  # input untouched
+    assert len(new["engines"]) == 3 and new["format_version"] == 1
+    sm90 = [r for r in new["engines"] if r["graph"] == "encoder" and r["compute_capability"] == [9, 0]]
+    assert [r["sha256"] for r in sm90] == ["new"]
+
+
+def test_engine_record_and_manifest_update(tmp_path: Path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 1, "graphs": {}}))
+    path = tmp_path / engine_filename("encoder", (9, 0), "10.3.0", "fp16")
+    path.write_bytes(b"engine-bytes")
+    rec = trt_build.engine_record("encoder", path, cc=(9, 0), device_name="NVIDIA H200", trt_version="10.3.0",
+                                  precision="fp16", profiles={"image": {"min": [1]}}, fp32_layers=5,
+                                  outputs=["image_embeddings"], build_s=1.234)
+    assert rec["sha256"] == hashlib.sha256(b"engine-bytes").hexdigest()
+    assert rec["bytes"] == 12 and rec["compute_capability"] == [9, 0] and rec["build_s"] == 1.23
+    manifest = trt_build.update_manifest(tmp_path, [rec])
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    assert on_disk == manifest and on_disk["engines"][0]["file"] == path.name
+    assert not (tmp_path / "manifest.json.tmp").exists()
+
+
+def test_cli_parses_and_reports_missing_tensorrt(capsys):
+    parser = argparse.ArgumentParser()
+    trt_build.add_build_trt_parser(parser.add_subparsers(dest="cmd"))
+    args = parser.parse_args(["build-trt", "B", "--precision", "fp32", "--max-batch", "16", "--max-prompts", "32",
+                              "--max-points", "8", "--workspace-gb", "2"])
+    assert (args.precision, args.max_batch, args.max_prompts, args.max_points, args.workspace_gb) == ("fp32", 16, 32, 8, 2.0)
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert args.func(args) == 2
+        assert "needs TensorRT 10" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build-trt", "B", "--precision", "int8"])

@@ -1,0 +1,100 @@
+"""Losses for SAM-CLIP merging and for training the demo teachers.
+
+Conventions: embeddings are L2-normalised float tensors; mask logits are (K, M, H, W) float (K prompts,
+M masks per prompt); binary targets are {0, 1} floats of the same shape.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cosine_distill_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean (1 - cos) between (B, D) student and teacher embeddings (the seed's CLIP distillation)."""
+    return (1.0 - F.cosine_similarity(student.float(), teacher.float(), dim=-1)).mean()
+
+
+def dense_distill_loss(dense: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weighted mean (1 - cos) between (B, h, w, D) patch embeddings and per-patch targets; weight (B, h, w)."""
+    cos = F.cosine_similarity(dense.float(), target.float(), dim=-1)
+    return ((1.0 - cos) * weight).sum() / weight.sum().clamp_min(1e-6)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-mask soft dice loss over the last two axes; target in [0, 1]; returns logits.shape[:-2]."""
+    p = logits.float().sigmoid().flatten(-2)
+    t = target.float().flatten(-2)
+    return 1.0 - (2 * (p * t).sum(-1) + 1.0) / (p.sum(-1) + t.sum(-1) + 1.0)
+
+
+def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE (soft targets allowed) + dice per mask; returns logits.shape[:-2]."""
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none").mean((-2, -1))
+    return bce + dice_loss(logits, target)
+
+
+def sam_distill_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, student_iou: torch.Tensor, teacher_iou: torch.Tensor
+) -> torch.Tensor:
+    """SAM self-distillation: student masks vs the frozen teacher's masks for the same prompts.
+
+    Logits (K, M, H, W): BCE against sigmoid(teacher) + dice; plus MSE between IoU predictions (K, M).
+    """
+    target = teacher_logits.float().sigmoid()
+    return mask_loss(student_logits, target).mean() + F.mse_loss(student_iou.float(), teacher_iou.float())
+
+
+def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """IoU of (logits > 0) with binary target over the last two axes."""
+    p = logits > 0
+    t = target > 0.5
+    inter = (p & t).flatten(-2).sum(-1).float()
+    union = (p | t).flatten(-2).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(inter))
+
+
+def sam_supervised_loss(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """Ground-truth loss for training a SAM teacher: logits (K, 4, H, W) = all decoder outputs (index 0 the
+    single-mask output, 1..3 multimask), iou_pred (K, 4), gt (K, H, W) binary.
+
+    Like SAM: the single output is trained on the target, the multimask outputs by their best (ambiguity);
+    IoU predictions regress the actual IoUs of all four outputs.
+    """
+    target = gt[:, None].expand_as(logits).float()
+    per = mask_loss(logits, target)
+    loss = per[:, 0].mean() + per[:, 1:].min(dim=1).values.mean()
+    with torch.no_grad():
+        actual = mask_iou(logits, target)
+    return loss + F.mse_loss(iou_pred.float(), actual)
+
+
+def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE for (B, D) image and (B, D) text embeddings with a (B, B) bool matrix `pos`
+    (pos[i, j]: text j truly describes image i; the diagonal must be True), averaged over positives."""
+    logits = scale * image.float() @ text.float().t()
+    p = pos.float()
+    li = torch.sum(-(p / p.sum(1, keepdim=True)) * F.log_softmax(logits, 1), 1).mean()
+    lt = torch.sum(-(p.t() / p.t().sum(1, keepdim=True)) * F.log_softmax(logits.t(), 1), 1).mean()
+    return (li + lt) / 2
+
+
+def background_calibration_loss(
+    sims: torch.Tensor, target: torch.Tensor, background_index: int, margin: float = 0.05
+) -> torch.Tensor:
+    """Hinge loss making the "background" text an "other / none" class for CLIP-teacher training.
+
+    sims (B, T) cosine similarities of object crops to the T class texts (one of which is background);
+    target (B,) index of each crop's class. For object crops: sim(own) > sim(bg) + m and
+    sim(bg) > max sim(other objects) + m; for background crops nothing is added (InfoNCE covers them).
+    """
+    obj = target != background_index
+    if not obj.any():
+        return sims.sum() * 0
+    s, t = sims[obj], target[obj]
+    own = s.gather(1, t[:, None])[:, 0]
+    bg = s[:, background_index]
+    other = s.clone()
+    other.scatter_(1, t[:, None], -2.0)
+    other[:, background_index] = -2.0
+    return (F.relu(bg + margin - own) + F.relu(other.max(1).values + margin - bg)).mean()
