@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$VARIANT" = gpu ]; then
-  ORT=onnxruntime-gpu; DEFAULT_BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+  ORT=onnxruntime-gpu; DEFAULT_BASE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
 else
   ORT=onnxruntime; DEFAULT_BASE=docker.io/library/debian:bookworm-slim
 fi

@@ -13,7 +13,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
-def make_image(seed: int, base_size: tuple[int, int] = (640, 480), fmt: str = "JPEG", jitter: float = 0.25) -> bytes:
+def make_image(
+    seed: int, base_size: tuple[int, int] = (640, 480), fmt: str = "JPEG", jitter: float = 0.25
+) -> bytes:
     """Encoded image bytes for `seed`: (W, H) = base_size scaled by up to +-jitter per side."""
     rng = np.random.default_rng(seed)
     scale = 1.0 + rng.uniform(-jitter, jitter, size=2)

@@ -52,8 +52,11 @@ CLICKS_PER_IMAGE = _env_int("SAMCLIP_LT_CLICKS_PER_IMAGE", 8)
 POOL_SIZE = _env_int("SAMCLIP_LT_IMAGE_POOL", 32)
 IMAGE_SIZE = tuple(int(v) for v in os.environ.get("SAMCLIP_LT_IMAGE_SIZE", "640x480").lower().split("x"))
 TEXTS = ["dog", "cat", "person", "car", "tree", "building", "sky", "road"]
-LABEL_SETS = [["dog", "cat", "bird", "horse"], ["car", "truck", "bus", "bicycle", "motorcycle"],
-              ["apple", "banana", "orange"]]
+LABEL_SETS = [
+    ["dog", "cat", "bird", "horse"],
+    ["car", "truck", "bus", "bicycle", "motorcycle"],
+    ["apple", "banana", "orange"],
+]
 
 _seeds = itertools.count(random.SystemRandom().randrange(1 << 30))
 _seed_lock = threading.Lock()
@@ -130,7 +133,11 @@ class ClickToSegmentUser(SamclipUser):
     def embed_new_image(self) -> None:
         body = self.post_checked("/embed", "/embed", data=new_image(), headers={"Content-Type": "image/jpeg"})
         if body is not None:
-            self.image_id, self.size, self.clicks_left = body["image_id"], (body["width"], body["height"]), CLICKS_PER_IMAGE
+            self.image_id, self.size, self.clicks_left = (
+                body["image_id"],
+                (body["width"], body["height"]),
+                CLICKS_PER_IMAGE,
+            )
 
     @task
     def click(self) -> None:
@@ -138,14 +145,18 @@ class ClickToSegmentUser(SamclipUser):
             self.embed_new_image()
             return
         width, height = self.size
-        points = [{"x": random.uniform(0, width - 1), "y": random.uniform(0, height - 1), "label": 1}
-                  for _ in range(random.randint(1, 3))]
+        points = [
+            {"x": random.uniform(0, width - 1), "y": random.uniform(0, height - 1), "label": 1}
+            for _ in range(random.randint(1, 3))
+        ]
         prompt: dict = {"points": points}
         if random.random() < 0.3:
             x0, y0 = random.uniform(0, width / 2), random.uniform(0, height / 2)
             prompt["box"] = [x0, y0, x0 + width / 3, y0 + height / 3]
         payload = {"image_id": self.image_id, "prompts": [prompt], "multimask": random.random() < 0.5}
-        with self.client.post("/segment/prompt", name="/segment/prompt", json=payload, catch_response=True) as resp:
+        with self.client.post(
+            "/segment/prompt", name="/segment/prompt", json=payload, catch_response=True
+        ) as resp:
             if resp.status_code == 200:
                 resp.success()
             elif resp.status_code == 404:  # embedding evicted or served by another replica: embed again
@@ -164,8 +175,12 @@ class TextSegmentUser(SamclipUser):
     @task
     def segment_text(self) -> None:
         text = random.choice(TEXTS)
-        self.post_checked(f"/segment?text={text}", "/segment?text=", data=new_image(),
-                          headers={"Content-Type": "image/jpeg"})
+        self.post_checked(
+            f"/segment?text={text}",
+            "/segment?text=",
+            data=new_image(),
+            headers={"Content-Type": "image/jpeg"},
+        )
 
 
 class ClassifyUser(SamclipUser):
@@ -177,5 +192,9 @@ class ClassifyUser(SamclipUser):
     def classify(self) -> None:
         labels = random.choice(LABEL_SETS)
         query = "&".join(f"labels={label}" for label in labels)
-        self.post_checked(f"/classify?{query}&top_k=3", "/classify", data=new_image(),
-                          headers={"Content-Type": "image/jpeg"})
+        self.post_checked(
+            f"/classify?{query}&top_k=3",
+            "/classify",
+            data=new_image(),
+            headers={"Content-Type": "image/jpeg"},
+        )

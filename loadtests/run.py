@@ -31,14 +31,34 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 OVERLOAD_SERVER_ENV = {"SAMCLIP_QUEUE_SIZE": "2", "SAMCLIP_MAX_BATCH_SIZE": "2"}
-OVERLOAD_CLIENT_ENV = {"SAMCLIP_LT_WAIT_MIN": "0", "SAMCLIP_LT_WAIT_MAX": "0.05",
-                       "SAMCLIP_LT_WEIGHT_CLICK": "0", "SAMCLIP_LT_WEIGHT_TEXT": "3", "SAMCLIP_LT_WEIGHT_CLASSIFY": "1"}
+OVERLOAD_CLIENT_ENV = {
+    "SAMCLIP_LT_WAIT_MIN": "0",
+    "SAMCLIP_LT_WAIT_MAX": "0.05",
+    "SAMCLIP_LT_WEIGHT_CLICK": "0",
+    "SAMCLIP_LT_WEIGHT_TEXT": "3",
+    "SAMCLIP_LT_WEIGHT_CLASSIFY": "1",
+}
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def export_tiny_bundle(out: Path, seed: int = 0) -> Path:
+    """Export a random-init `tiny` bundle to `out` (needs the export extra: torch) for smoke runs and tests."""
+    code = (
+        "import sys\n"
+        "from model_export.build import build_model\n"
+        "from model_export.config import load_config\n"
+        "from model_export.export_onnx import export_bundle\n"
+        "cfg = load_config('tiny')\n"
+        "export_bundle(build_model(cfg, seed=int(sys.argv[2])), cfg, sys.argv[1], "
+        "{'random_init': True, 'seed': int(sys.argv[2]), 'sources': []}, progress=False)\n"
+    )
+    subprocess.run([sys.executable, "-c", code, str(out), str(seed)], check=True, cwd=ROOT, timeout=900)
+    return out
 
 
 def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 120) -> None:
@@ -60,10 +80,22 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout_s: float 
 
 def start_server(bundle: Path, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """`python -m service --bundle B --host 127.0.0.1 --port P` as a child process logging to `log_path`."""
-    cmd = [sys.executable, "-m", "service", "--bundle", str(bundle), "--host", "127.0.0.1", "--port", str(port)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "service",
+        "--bundle",
+        str(bundle),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
-        return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT
+        )
 
 
 def stop_server(proc: subprocess.Popen, timeout_s: float = 60) -> int:
@@ -81,21 +113,48 @@ def stop_server(proc: subprocess.Popen, timeout_s: float = 60) -> int:
 def run_locust(host: str, args: argparse.Namespace, env: dict[str, str]) -> int:
     """Locust headless; returns its exit code (1 when any request failed, which includes 429s)."""
     out: Path = args.out
-    cmd = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--host", host,
-           "-u", str(args.users), "-r", str(args.spawn_rate), "-t", args.duration, "--stop-timeout", "10",
-           "--csv", str(out / "locust"), "--csv-full-history", "--html", str(out / "report.html"),
-           "--only-summary", "--loglevel", "WARNING"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        host,
+        "-u",
+        str(args.users),
+        "-r",
+        str(args.spawn_rate),
+        "-t",
+        args.duration,
+        "--stop-timeout",
+        "10",
+        "--csv",
+        str(out / "locust"),
+        "--csv-full-history",
+        "--html",
+        str(out / "report.html"),
+        "--only-summary",
+        "--loglevel",
+        "WARNING",
+    ]
     with (out / "locust.log").open("wb") as log_file:
-        return subprocess.run(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log_file,
-                              stderr=subprocess.STDOUT, check=False).returncode
+        return subprocess.run(
+            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT, check=False
+        ).returncode
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
     if not values:
         return {"p50": None, "p95": None, "p99": None, "max": None}
     p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1),
-            "max": round(float(max(values)), 1)}
+    return {
+        "p50": round(float(p50), 1),
+        "p95": round(float(p95), 1),
+        "p99": round(float(p99), 1),
+        "max": round(float(max(values)), 1),
+    }
 
 
 def summarize(records: dict[str, dict[str, list[float]]], duration_s: float) -> dict:
@@ -125,23 +184,32 @@ def summarize(records: dict[str, dict[str, list[float]]], duration_s: float) -> 
         "ok_rps": round(totals.get("200", 0) / duration_s, 2) if duration_s else 0.0,
         "status_counts": dict(sorted(totals.items())),
         "errors_5xx": sum(count for status, count in totals.items() if status.startswith("5")),
-        "errors_other": sum(count for status, count in totals.items()
-                            if status not in {"200", "404", "429"} and not status.startswith("5")),
+        "errors_other": sum(
+            count
+            for status, count in totals.items()
+            if status not in {"200", "404", "429"} and not status.startswith("5")
+        ),
         "endpoints": endpoints,
     }
 
 
 def markdown(summary: dict, title: str) -> str:
-    lines = [f"# {title}", "",
-             f"{summary['requests']} requests in {summary['duration_s']} s: {summary['throughput_rps']} req/s, "
-             f"{summary['ok_rps']} OK req/s; status counts {summary['status_counts']}; "
-             f"5xx: {summary['errors_5xx']}.", "",
-             "| endpoint | requests | ok req/s | statuses | p50 ms | p95 ms | p99 ms | 200 p95 ms | 429 p50 ms | 429 p99 ms |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# {title}",
+        "",
+        f"{summary['requests']} requests in {summary['duration_s']} s: {summary['throughput_rps']} req/s, "
+        f"{summary['ok_rps']} OK req/s; status counts {summary['status_counts']}; "
+        f"5xx: {summary['errors_5xx']}.",
+        "",
+        "| endpoint | requests | ok req/s | statuses | p50 ms | p95 ms | p99 ms | 200 p95 ms | 429 p50 ms | 429 p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, ep in summary["endpoints"].items():
         lat, ok, rej = ep["latency_ms"], ep["latency_ms_200"], ep["latency_ms_429"]
-        lines.append(f"| {name} | {ep['requests']} | {ep['ok_rps']} | {ep['status_counts']} | {lat['p50']} | "
-                     f"{lat['p95']} | {lat['p99']} | {ok['p95']} | {rej['p50']} | {rej['p99']} |")
+        lines.append(
+            f"| {name} | {ep['requests']} | {ep['ok_rps']} | {ep['status_counts']} | {lat['p50']} | "
+            f"{lat['p95']} | {lat['p99']} | {ok['p95']} | {rej['p50']} | {rej['p99']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -166,8 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", default="30s", help="Locust run time, e.g. 45s, 5m")
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "out" / "run")
     parser.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--client-env", action="append", default=[], metavar="KEY=VALUE",
-                        help="locustfile settings, e.g. SAMCLIP_LT_WEIGHT_CLICK=0")
+    parser.add_argument(
+        "--client-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="locustfile settings, e.g. SAMCLIP_LT_WEIGHT_CLICK=0",
+    )
     parser.add_argument("--fail-on-5xx", action="store_true", help="exit 1 if any 5xx or connection error")
     parser.add_argument("--fail-on-errors", action="store_true", help="exit 1 if any non-200 (except 404)")
     return parser
@@ -180,8 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     args.spawn_rate = args.spawn_rate or (args.users if overload else max(1.0, args.users / 4))
     args.out.mkdir(parents=True, exist_ok=True)
     server_env = {**(OVERLOAD_SERVER_ENV if overload else {}), **parse_env(args.server_env)}
-    client_env = {**(OVERLOAD_CLIENT_ENV if overload else {}), **parse_env(args.client_env),
-                  "SAMCLIP_LT_RECORD": str(args.out / "records.json")}
+    client_env = {
+        **(OVERLOAD_CLIENT_ENV if overload else {}),
+        **parse_env(args.client_env),
+        "SAMCLIP_LT_RECORD": str(args.out / "records.json"),
+    }
     proc = None
     host = args.host
     if args.bundle is not None:
@@ -198,15 +274,23 @@ def main(argv: list[str] | None = None) -> int:
     records = json.loads((args.out / "records.json").read_text())
     duration_s = min(elapsed, parse_duration(args.duration))
     summary = summarize(records, duration_s)
-    summary.update(scenario=args.scenario, users=args.users, host=host, locust_exit_code=locust_rc,
-                   server_exit_code=server_rc, server_env=server_env,
-                   client_env={k: v for k, v in client_env.items() if k != "SAMCLIP_LT_RECORD"})
+    summary.update(
+        scenario=args.scenario,
+        users=args.users,
+        host=host,
+        locust_exit_code=locust_rc,
+        server_exit_code=server_rc,
+        server_env=server_env,
+        client_env={k: v for k, v in client_env.items() if k != "SAMCLIP_LT_RECORD"},
+    )
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (args.out / "summary.md").write_text(markdown(summary, f"samclip-serve load test: {args.scenario}, "
-                                                           f"{args.users} users, {args.duration}"))
+    (args.out / "summary.md").write_text(
+        markdown(summary, f"samclip-serve load test: {args.scenario}, {args.users} users, {args.duration}")
+    )
     print((args.out / "summary.md").read_text())
     failed = (args.fail_on_5xx and summary["errors_5xx"] + summary["status_counts"].get("0", 0) > 0) or (
-        args.fail_on_errors and summary["errors_other"] + summary["errors_5xx"] + summary["status_counts"].get("429", 0) > 0
+        args.fail_on_errors
+        and summary["errors_other"] + summary["errors_5xx"] + summary["status_counts"].get("429", 0) > 0
     )
     return 1 if failed else 0
 

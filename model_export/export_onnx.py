@@ -81,14 +81,20 @@ def graph_specs(model: nn.Module, cfg: Any) -> list[GraphSpec]:
     gen = torch.Generator().manual_seed(0)
     return [
         GraphSpec(
-            "encoder", EncoderOnnx(model), (torch.randn(2, 3, s, s, generator=gen),),
-            ["image"], ["image_embeddings", "patch_tokens"],
+            "encoder",
+            EncoderOnnx(model),
+            (torch.randn(2, 3, s, s, generator=gen),),
+            ["image"],
+            ["image_embeddings", "patch_tokens"],
             {"image": {0: "batch"}, "image_embeddings": {0: "batch"}, "patch_tokens": {0: "batch"}},
             {"image_embeddings": ["batch", c, g, g], "patch_tokens": ["batch", g, g, width]},
         ),
         GraphSpec(
-            "clip_head", ClipHeadOnnx(model), (torch.randn(2, grid_h, grid_w, width, generator=gen),),
-            ["patch_tokens"], ["image_embedding", "patch_embeddings"],
+            "clip_head",
+            ClipHeadOnnx(model),
+            (torch.randn(2, grid_h, grid_w, width, generator=gen),),
+            ["patch_tokens"],
+            ["image_embedding", "patch_embeddings"],
             {
                 "patch_tokens": {0: "batch", 1: "grid_h", 2: "grid_w"},
                 "image_embedding": {0: "batch"},
@@ -97,13 +103,18 @@ def graph_specs(model: nn.Module, cfg: Any) -> list[GraphSpec]:
             {"image_embedding": ["batch", d], "patch_embeddings": ["batch", "grid_h", "grid_w", d]},
         ),
         GraphSpec(
-            "text_encoder", TextEncoderOnnx(model), (example_text_ids(3, cfg.text.context_length),),
-            ["input_ids"], ["text_embedding"],
+            "text_encoder",
+            TextEncoderOnnx(model),
+            (example_text_ids(3, cfg.text.context_length),),
+            ["input_ids"],
+            ["text_embedding"],
             {"input_ids": {0: "num_texts"}, "text_embedding": {0: "num_texts"}},
             {"text_embedding": ["num_texts", d]},
         ),
         GraphSpec(
-            "sam_decoder", SamDecoderOnnx(model, s), example_decoder_inputs(cfg),
+            "sam_decoder",
+            SamDecoderOnnx(model, s),
+            example_decoder_inputs(cfg),
             ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
             ["iou_predictions", "low_res_masks", "masks"],
             {
@@ -201,13 +212,13 @@ def _graph_entry(path: Path) -> dict[str, Any]:
     return {"file": path.name, "sha256": mf.file_sha256(path), **mf.graph_io(path)}
 
 
-def _write_tokenizer(out_dir: Path) -> dict[str, Any]:
+def _write_tokenizer(out_dir: Path, context_length: int) -> dict[str, Any]:
     from model_export.tokenizer import build_tokenizer_json
 
     path = out_dir / mf.TOKENIZER_FILE
     build_tokenizer_json(path)
     return {
-        "file": path.name, "sha256": mf.file_sha256(path), "context_length": 77,
+        "file": path.name, "sha256": mf.file_sha256(path), "context_length": context_length,
         "sot_token_id": SOT_TOKEN_ID, "eot_token_id": EOT_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID,
     }  # fmt: skip
 
@@ -228,7 +239,8 @@ def build_manifest(
         "tokenizer": tokenizer,
         "clip": {"logit_scale": math.exp(float(model.logit_scale.detach())), "embed_dim": cfg.clip_head.embed_dim},
         "weights": mf.weights_record(
-            provenance.get("random_init", False), provenance.get("seed"), provenance.get("sources", [])
+            provenance.get("random_init", False), provenance.get("seed"), provenance.get("sources", []),
+            provenance.get("random_parts"),
         ),
         "variants": {},
         "opset": opset,
@@ -249,15 +261,20 @@ def export_bundle(
 ) -> dict[str, Any]:
     """Export the four graphs + tokenizer + manifest into out_dir; return the manifest dict.
 
-    provenance: {"random_init": bool, "seed": int | None, "sources": [{"kind", "path", "sha256"}]}.
+    provenance: {"random_init": bool, "seed": int | None, "sources": [{"kind", "path", "sha256"}],
+    optionally "random_parts": [...]} (what model_export.sources.assemble_model returns).
+    manifest.json is written last, so a bundle directory without one is incomplete.
     """
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / mf.MANIFEST_NAME).unlink(missing_ok=True)  # no stale manifest next to half-written graphs
     if provenance.get("random_init"):
         parts = provenance.get("random_parts") or ["all parts"]
-        log.warning("WARNING: %s: %s, seed %s", mf.RANDOM_WEIGHTS_WARNING, ", ".join(parts), provenance.get("seed"))
+        log.warning(
+            "WARNING: %s: %s, seed %s", mf.RANDOM_WEIGHTS_WARNING, ", ".join(parts), provenance.get("seed")
+        )
     model.eval()
     specs = graph_specs(model, cfg)
     steps = len(specs) * (3 if simplify else 2) + 1
@@ -272,7 +289,7 @@ def export_bundle(
             if simplify:
                 _step(bar, f"{spec.name}: onnxslim", lambda p=path: simplify_graph(p))
             graphs[spec.name] = _graph_entry(path)
-        tokenizer = _step(bar, "tokenizer.json", lambda: _write_tokenizer(out))
+        tokenizer = _step(bar, "tokenizer.json", lambda: _write_tokenizer(out, cfg.text.context_length))
     finally:
         bar.close()
     manifest = build_manifest(model, cfg, graphs, tokenizer, provenance, opset)

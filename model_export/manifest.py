@@ -104,11 +104,16 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def weights_record(random_init: bool, seed: int | None, sources: list[dict[str, str]]) -> dict[str, Any]:
-    """The manifest's "weights" entry. sources: [{"kind": "sam|open_clip|samclip", "path", "sha256"}]."""
+def weights_record(
+    random_init: bool, seed: int | None, sources: list[dict[str, str]], random_parts: list[str] | None = None
+) -> dict[str, Any]:
+    """The manifest's "weights" entry. sources: [{"kind": "sam|open_clip|samclip", "path", "sha256"}];
+    random_parts: the parts left random when checkpoints covered only some of them."""
     record: dict[str, Any] = {"random_init": bool(random_init), "seed": seed, "sources": list(sources)}
     if random_init:
         record["warning"] = RANDOM_WEIGHTS_WARNING
+    if random_parts:
+        record["random_parts"] = list(random_parts)
     return record
 
 

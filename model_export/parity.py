@@ -9,8 +9,9 @@ Gates (issue "fast CPU backend"), all fast vs fp32 on the same inputs:
 - decoder_mask_iou  >= 0.97  mean IoU of SAM masks (all 4 outputs, low-res logits > 0) on random prompts
                              (points, boxes, and mask prompts), each side decoding its OWN image embedding;
 - clip_image_cosine >= 0.99  min cosine of CLIP image embeddings; clip_text_cosine >= 0.99 of text embeddings;
-- text_segment_iou  >= 0.95  mean IoU of text-segment masks: per patch, argmax over [texts..., background]
-                             of scaled cosine similarity (the service's rule), each side with its own embeddings.
+- text_segment_iou  >= 0.95  mean IoU of text-segment masks on the patch grid, one single-text request per
+                             text: patch in mask when the text beats every background prompt (the service's
+                             argmax rule over [text, background...]), each side with its own embeddings.
 encoder_embedding_cosine / patch_tokens_cosine are reported too (min over images).
 """
 
@@ -125,10 +126,11 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def text_segment_masks(patch_emb: np.ndarray, text_emb: np.ndarray, n_background: int) -> np.ndarray:
     """patch_emb (h, w, D), text_emb (T, D) with the last n_background rows = background prompts
-    -> (T - n_background, h, w) bool: patch belongs to text t when t has the highest similarity."""
+    -> (T - n_background, h, w) bool. Mask t is the single-text request `/segment?text=t`: patch belongs to t
+    when t scores higher than every background prompt (the service's argmax rule over [t, background...])."""
     sims = np.einsum("hwd,td->thw", patch_emb, text_emb)
-    winner = sims.argmax(axis=0)
-    return np.stack([winner == t for t in range(len(text_emb) - n_background)])
+    background = sims[len(text_emb) - n_background :].max(axis=0)
+    return sims[: len(text_emb) - n_background] > background[None]
 
 
 def parity_report(

@@ -27,7 +27,14 @@ from model_export.config import SamClipConfig, load_config
 PARTS = {
     "sam": ("image_encoder", "prompt_encoder", "mask_decoder"),
     "open_clip": ("text_encoder", "logit_scale"),
-    "samclip": ("image_encoder", "prompt_encoder", "mask_decoder", "clip_head", "text_encoder", "logit_scale"),
+    "samclip": (
+        "image_encoder",
+        "prompt_encoder",
+        "mask_decoder",
+        "clip_head",
+        "text_encoder",
+        "logit_scale",
+    ),
 }
 ALL_PARTS = PARTS["samclip"]
 
@@ -65,7 +72,10 @@ def assemble_model(
         raise WeightsError("--model is required unless --samclip-checkpoint is given")
     else:
         net = build_model(model, seed=seed)
-    for kind, path, loader in (("sam", sam, load_sam_checkpoint), ("open_clip", clip, load_open_clip_checkpoint)):
+    for kind, path, loader in (
+        ("sam", sam, load_sam_checkpoint),
+        ("open_clip", clip, load_open_clip_checkpoint),
+    ):
         if path:
             record = loader(net, path)
             sources.append({"kind": kind, "path": str(Path(path).resolve()), "sha256": record["sha256"]})

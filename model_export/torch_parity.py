@@ -175,7 +175,10 @@ def run_parity(model, cfg, runner, comparison, samples: int = 2, seed: int = 0) 
     """
     rng = np.random.default_rng(seed)
     s = cfg.image_size
-    shapes = [(int(s * 0.75) + 7, int(s * 1.25) + 3) if i % 2 == 0 else (s + 5, int(s * 0.6)) for i in range(samples)]
+    shapes = [
+        (int(s * 0.75) + 7, int(s * 1.25) + 3) if i % 2 == 0 else (s + 5, int(s * 0.6))
+        for i in range(samples)
+    ]
     images = [random_image(rng, h, w) for h, w in shapes]
     batch = [preprocess(img, cfg) for img in images]
     x = torch.cat([b[0] for b in batch])

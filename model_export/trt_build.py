@@ -86,7 +86,9 @@ def encoder_grid(manifest: dict[str, Any]) -> int:
     return int(cfg["image_size"]) // int(cfg["encoder"]["patch_size"])
 
 
-def compute_profiles(manifest: dict[str, Any], limits: ProfileLimits) -> dict[str, dict[str, dict[str, list[int]]]]:
+def compute_profiles(
+    manifest: dict[str, Any], limits: ProfileLimits
+) -> dict[str, dict[str, dict[str, list[int]]]]:
     """graph -> input name -> {"min", "opt", "max"} full shapes, from the manifest's input specs.
 
     Fixed (integer) axes in the manifest stay fixed; symbolic axes take their role's range. A symbolic axis
@@ -106,7 +108,9 @@ def compute_profiles(manifest: dict[str, Any], limits: ProfileLimits) -> dict[st
                 elif axis in axis_roles:
                     lo, opt, hi = ranges[axis_roles[axis]]
                 else:
-                    raise ValueError(f"{graph}.{name}: axis {axis} ({dim!r}) is dynamic but has no profile role")
+                    raise ValueError(
+                        f"{graph}.{name}: axis {axis} ({dim!r}) is dynamic but has no profile role"
+                    )
                 dims["min"].append(lo)
                 dims["opt"].append(opt)
                 dims["max"].append(hi)
@@ -131,15 +135,33 @@ def sha256_file(path: Path) -> str:
 
 
 def engine_record(
-    graph: str, path: Path, *, cc: tuple[int, int], device_name: str, trt_version: str, precision: str,
-    profiles: dict[str, dict[str, list[int]]], fp32_layers: int, outputs: list[str], build_s: float,
+    graph: str,
+    path: Path,
+    *,
+    cc: tuple[int, int],
+    device_name: str,
+    trt_version: str,
+    precision: str,
+    profiles: dict[str, dict[str, list[int]]],
+    fp32_layers: int,
+    outputs: list[str],
+    build_s: float,
 ) -> dict[str, Any]:
     """The manifest["engines"] entry for one built engine file (see service/runtime/trt_engines.py)."""
     return {
-        "graph": graph, "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
-        "compute_capability": list(cc), "device_name": device_name, "tensorrt": trt_version,
-        "precision": precision, "profiles": profiles, "fp32_layers": fp32_layers, "outputs": outputs,
-        "build_s": round(build_s, 2), "built_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "graph": graph,
+        "file": path.name,
+        "sha256": sha256_file(path),
+        "bytes": path.stat().st_size,
+        "compute_capability": list(cc),
+        "device_name": device_name,
+        "tensorrt": trt_version,
+        "precision": precision,
+        "profiles": profiles,
+        "fp32_layers": fp32_layers,
+        "outputs": outputs,
+        "build_s": round(build_s, 2),
+        "built_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 
@@ -172,7 +194,9 @@ def _pin_fp32_layers(trt: Any, network: Any) -> int:
             op = layer.op.name
         if not keep_fp32(layer.type.name, op):
             continue
-        floats = [j for j in range(layer.num_outputs) if layer.get_output(j).dtype in (trt.float32, trt.float16)]
+        floats = [
+            j for j in range(layer.num_outputs) if layer.get_output(j).dtype in (trt.float32, trt.float16)
+        ]
         if not floats:
             continue
         layer.precision = trt.float32
@@ -193,8 +217,14 @@ def _parse_onnx(trt: Any, logger: Any, onnx_path: Path) -> tuple[Any, Any, Any]:
 
 
 def build_engine(
-    trt: Any, onnx_path: Path, graph: str, profiles: dict[str, dict[str, list[int]]], precision: str,
-    workspace_gb: float, timing_cache: Path, keep_all_outputs: bool = False,
+    trt: Any,
+    onnx_path: Path,
+    graph: str,
+    profiles: dict[str, dict[str, list[int]]],
+    precision: str,
+    workspace_gb: float,
+    timing_cache: Path,
+    keep_all_outputs: bool = False,
 ) -> tuple[bytes, int, list[str]]:
     """Serialized engine bytes, number of fp32-pinned layers and the engine's output names."""
     logger = trt.Logger(trt.Logger.WARNING)
@@ -208,7 +238,7 @@ def build_engine(
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    config.set_timing_cache(cache, False)  # ignore_mismatch=False
     pinned = 0
     if precision == "fp16":
         config.set_flag(trt.BuilderFlag.FP16)
@@ -227,18 +257,29 @@ def build_engine(
 
 
 def build_bundle_engines(
-    bundle: Path, precision: str, limits: ProfileLimits, workspace_gb: float = 4.0, device: int = 0,
-    graphs: tuple[str, ...] = GRAPHS, timing_cache: Path | None = None,
+    bundle: Path,
+    precision: str,
+    limits: ProfileLimits,
+    workspace_gb: float = 4.0,
+    device: int = 0,
+    graphs: tuple[str, ...] = GRAPHS,
+    timing_cache: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Build one engine per graph on CUDA device `device`, write the files and update the manifest."""
     import tensorrt as trt  # noqa: PLC0415 - optional dependency, only this path needs it
 
     from service.runtime.cuda_rt import probe_device  # noqa: PLC0415
 
+    if not trt.__version__.startswith("10."):
+        raise RuntimeError(
+            f"build-trt targets TensorRT 10 (weakly-typed fp16 builds); this is TensorRT {trt.__version__}"
+        )
     dev = probe_device(device)
     manifest = read_manifest(bundle)
     profiles = compute_profiles(manifest, limits)
-    cache_path = timing_cache or bundle / f"trt_timing.{sm_tag(dev.compute_capability)}.trt{trt.__version__}.cache"
+    cache_path = (
+        timing_cache or bundle / f"trt_timing.{sm_tag(dev.compute_capability)}.trt{trt.__version__}.cache"
+    )
     records = []
     for graph in graphs:
         start = time.perf_counter()
@@ -248,11 +289,20 @@ def build_bundle_engines(
         )
         path = bundle / engine_filename(graph, dev.compute_capability, trt.__version__, precision)
         path.write_bytes(blob)
-        records.append(engine_record(
-            graph, path, cc=dev.compute_capability, device_name=dev.name, trt_version=trt.__version__,
-            precision=precision, profiles=profiles[graph], fp32_layers=pinned, outputs=outputs,
-            build_s=time.perf_counter() - start,
-        ))
+        records.append(
+            engine_record(
+                graph,
+                path,
+                cc=dev.compute_capability,
+                device_name=dev.name,
+                trt_version=trt.__version__,
+                precision=precision,
+                profiles=profiles[graph],
+                fp32_layers=pinned,
+                outputs=outputs,
+                build_s=time.perf_counter() - start,
+            )
+        )
         print(f"built {path.name} in {records[-1]['build_s']} s ({pinned} layers kept fp32)", flush=True)
     update_manifest(bundle, records)
     return records
@@ -266,7 +316,9 @@ def add_build_trt_parser(subparsers: Any) -> None:
     p.add_argument("--precision", choices=("fp16", "fp32"), default="fp16")
     p.add_argument("--max-batch", type=int, default=ProfileLimits.max_batch, help="encoder/CLIP-head batch")
     p.add_argument("--max-prompts", type=int, default=ProfileLimits.max_prompts, help="decoder prompts K")
-    p.add_argument("--max-points", type=int, default=ProfileLimits.max_points, help="decoder points per prompt")
+    p.add_argument(
+        "--max-points", type=int, default=ProfileLimits.max_points, help="decoder points per prompt"
+    )
     p.add_argument("--max-text-batch", type=int, default=ProfileLimits.max_text_batch)
     p.add_argument("--min-grid", type=int, default=None, help="CLIP-head min token grid (default min(h, 28))")
     p.add_argument("--max-grid", type=int, default=None, help="CLIP-head max token grid (default h)")
@@ -277,14 +329,16 @@ def add_build_trt_parser(subparsers: Any) -> None:
 
 
 def cmd_build_trt(args: Any) -> int:
-    limits = ProfileLimits(args.max_batch, args.max_prompts, args.max_points, args.max_text_batch,
-                           args.min_grid, args.max_grid)
+    limits = ProfileLimits(
+        args.max_batch, args.max_prompts, args.max_points, args.max_text_batch, args.min_grid, args.max_grid
+    )
     try:
         import tensorrt  # noqa: F401, PLC0415
     except ImportError:
         print("build-trt needs TensorRT 10 (pip install 'samclip-serve[trt]') and an NVIDIA GPU", flush=True)
         return 2
-    records = build_bundle_engines(args.bundle, args.precision, limits, args.workspace_gb, args.device,
-                                   timing_cache=args.timing_cache)
+    records = build_bundle_engines(
+        args.bundle, args.precision, limits, args.workspace_gb, args.device, timing_cache=args.timing_cache
+    )
     print(json.dumps({"limits": asdict(limits), "engines": records}, indent=2))
     return 0

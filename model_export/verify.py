@@ -4,7 +4,7 @@
 model from the manifest's weights record (random-init seed, or the recorded checkpoint files), runs every graph
 through a *runner* of the chosen backend and the PyTorch modules on the same random inputs, and reports the
 max abs error per output plus binary-mask agreement at original size on non-square images (SamPredictor
-pre/post-processing, see model_export.sam_transforms). Runners plug in through `RUNNERS` / `register_runner`:
+pre/post-processing, see model_export.torch_parity). Runners plug in through `RUNNERS` / `register_runner`:
 a factory (bundle_dir, manifest) -> BundleRunner whose `run(graph, feeds)` executes one graph.
 """
 
@@ -162,7 +162,9 @@ def verify_bundle(
 
     if backend in GATED_BACKENDS:
         module_name, _, attr = GATED_BACKENDS[backend].partition(":")
-        return getattr(importlib.import_module(module_name), attr)(bundle_dir, backend, samples=samples, seed=seed)
+        return getattr(importlib.import_module(module_name), attr)(
+            bundle_dir, backend, samples=samples, seed=seed
+        )
     if backend not in RUNNERS:
         raise VerificationError(f"unknown backend {backend!r}; implemented: {sorted(RUNNERS)}")
     bundle = Path(bundle_dir)

@@ -30,8 +30,12 @@ EXPORT_HINT = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="samclip-serve", description="Serve a SAM-CLIP model bundle over HTTP.")
-    parser.add_argument("--bundle", type=Path, help="bundle directory (default: SAMCLIP_BUNDLE or default_bundle_dir)")
+    parser = argparse.ArgumentParser(
+        prog="samclip-serve", description="Serve a SAM-CLIP model bundle over HTTP."
+    )
+    parser.add_argument(
+        "--bundle", type=Path, help="bundle directory (default: SAMCLIP_BUNDLE or default_bundle_dir)"
+    )
     parser.add_argument("--host", help="bind address (default 127.0.0.1; 0.0.0.0 in containers)")
     parser.add_argument("--port", type=int, help="bind port (default 8000)")
     parser.add_argument("--backend", help="inference backend (default onnxruntime)")
@@ -45,7 +49,9 @@ def export_random_bundle(target: Path) -> None:
     """Export a random-init `tiny` bundle into `target` (atomically: temp dir, then rename)."""
     if importlib.util.find_spec("torch") is None or importlib.util.find_spec("model_export") is None:
         raise SystemExit(EXPORT_HINT.format(path=target))
-    log.warning("no bundle at %s: exporting a RANDOM-INIT tiny bundle there (outputs are meaningless)", target)
+    log.warning(
+        "no bundle at %s: exporting a RANDOM-INIT tiny bundle there (outputs are meaningless)", target
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     cmd = [sys.executable, "-m", "model_export", "export", "--model", "tiny", "--random-init", "--seed", "0"]
@@ -96,9 +102,11 @@ def _serve_workers(settings: Settings, overrides: dict) -> int:
     for key, value in overrides.items():
         os.environ[f"SAMCLIP_{key.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
     os.environ["SAMCLIP_BUNDLE"] = str(settings.bundle)
-    log.warning("--workers %d: each worker loads the model; graceful drain is per process only", settings.workers)
+    log.warning(
+        "--workers %d: each worker loads the model; graceful drain is per process only", settings.workers
+    )
     uvicorn.run(
-        "service.main:create_app",
+        "service.main:app_factory",
         factory=True,
         host=settings.host,
         port=settings.port,

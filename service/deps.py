@@ -27,6 +27,17 @@ from service.settings import Settings
 from service.timing import Timings
 
 RAW_IMAGE_TYPES = ("application/octet-stream",)
+# `curl --data-binary @x.jpg URL` labels raw bytes as a urlencoded form: recognise image signatures instead.
+IMAGE_MAGIC = (
+    b"\xff\xd8\xff",
+    b"\x89PNG\r\n\x1a\n",
+    b"GIF87a",
+    b"GIF89a",
+    b"RIFF",
+    b"BM",
+    b"II*\x00",
+    b"MM\x00*",
+)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 MAX_IMAGE_ID_CHARS = 256
 
@@ -136,6 +147,7 @@ async def _read_form(request: Request, settings: Settings, parsed: ImageInput) -
             if name != "image":
                 raise BadRequest(f"unexpected file field {name!r}; send the image as field `image`")
             data = await value.read()
+            await value.close()  # drop the spooled temp file now
             if not data:
                 raise BadRequest("multipart field `image` is empty")
         elif name == "image":
@@ -149,8 +161,14 @@ async def _parse_body(request: Request, settings: Settings) -> tuple[ImageInput,
     parsed = ImageInput()
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
-        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not accepted; send the body uncompressed")
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding!r} is not accepted; send the body uncompressed"
+        )
     media = _media_type(request)
+    if media == "application/x-www-form-urlencoded":
+        body = await request.body()  # cached: the form parser below re-reads it from memory
+        if body.startswith(IMAGE_MAGIC):
+            return parsed, body
     if media in FORM_TYPES:
         return parsed, await _read_form(request, settings, parsed)
     body = await request.body()
@@ -160,7 +178,7 @@ async def _parse_body(request: Request, settings: Settings) -> tuple[ImageInput,
         return parsed, body
     if media == "application/json":
         if not body:
-            raise BadRequest("empty JSON body")
+            return parsed, None
         try:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -189,7 +207,9 @@ async def get_image_input(
 
     parsed, data = await _parse_body(request, settings)
     image_id = parsed.value("image_id", image_id)
-    if image_id is not None and (not isinstance(image_id, str) or not 0 < len(image_id) <= MAX_IMAGE_ID_CHARS):
+    if image_id is not None and (
+        not isinstance(image_id, str) or not 0 < len(image_id) <= MAX_IMAGE_ID_CHARS
+    ):
         raise InvalidInput(f"image_id must be a non-empty string of at most {MAX_IMAGE_ID_CHARS} characters")
     if data is not None and image_id is not None:
         raise InvalidInput("send either an image or image_id, not both")

@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from service.metrics import Metrics
 from service.settings import Settings
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"

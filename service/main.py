@@ -30,6 +30,7 @@ from service.lifecycle import ServiceState
 from service.logging import install_record_factory
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware, error_body
+from service.schemas import ErrorResponse
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -131,7 +132,7 @@ def _install_exception_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        if exc.status_code >= 500:
+        if exc.status_code == 500:  # a failed batch: the process keeps serving, but say so
             log.warning("%s: %s", exc.error_type, exc.message)
         body = error_body(exc.message, exc.error_type, rid(request))
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
@@ -152,7 +153,9 @@ def _install_exception_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
-def create_app(settings: Settings | None = None, *, predictor_factory: PredictorFactory | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, predictor_factory: PredictorFactory | None = None
+) -> FastAPI:
     """Build the app. `predictor_factory(settings, metrics)` returns a Predictor (or an awaitable of one);
     the default loads `settings.resolved_bundle()` with `settings.backend`."""
     from service.routes import classify, embed, health, metrics, segment
@@ -177,9 +180,9 @@ def create_app(settings: Settings | None = None, *, predictor_factory: Predictor
         description=DESCRIPTION,
         lifespan=lifespan,
         responses={
-            400: {"description": "Bad request", "model": _error_model()},
-            401: {"description": "Missing or wrong API key", "model": _error_model()},
-            503: {"description": "Not ready (loading, failed load, or draining)", "model": _error_model()},
+            400: {"description": "Bad request", "model": ErrorResponse},
+            401: {"description": "Missing or wrong API key", "model": ErrorResponse},
+            503: {"description": "Not ready (loading, failed load, or draining)", "model": ErrorResponse},
         },
     )
     app.state.service = state
@@ -198,7 +201,11 @@ def create_app(settings: Settings | None = None, *, predictor_factory: Predictor
     return app
 
 
-def _error_model() -> Any:
-    from service.schemas import ErrorResponse
+def app_factory() -> FastAPI:
+    """For `uvicorn --factory service.main:app_factory` and worker processes: settings from SAMCLIP_* env,
+    logging configured, then `create_app`."""
+    from service.logging import configure_logging
 
-    return ErrorResponse
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return create_app(settings)

@@ -56,7 +56,9 @@ class Metrics:
         self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Images waiting for the encoder", registry=r)
         self.cache_hits = Counter(f"{PREFIX}_cache_hits", "Image-embedding cache hits", registry=r)
         self.cache_misses = Counter(f"{PREFIX}_cache_misses", "Image-embedding cache misses", registry=r)
-        self.cache_bytes = Gauge(f"{PREFIX}_cache_bytes", "Bytes held by the image-embedding cache", registry=r)
+        self.cache_bytes = Gauge(
+            f"{PREFIX}_cache_bytes", "Bytes held by the image-embedding cache", registry=r
+        )
         self.encoder_runs = Counter(f"{PREFIX}_encoder_runs", "Images passed through the encoder", registry=r)
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the model is loaded, warm and not draining", registry=r)
 

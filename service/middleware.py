@@ -104,7 +104,7 @@ class RequestContextMiddleware:
             level = logging.DEBUG if not counted else logging.INFO
             access_log.log(
                 level,
-                '%s %s -> %s in %.1f ms (%s)',
+                "%s %s -> %s in %.1f ms (%s)",
                 scope.get("method"),
                 scope.get("path"),
                 sent["status"],

@@ -18,7 +18,9 @@ MaskFormat = Literal["rle", "polygon", "png"]
 class ErrorResponse(BaseModel):
     """Every error of the service."""
 
-    error: str = Field(description="Human-readable message.", examples=["image_id 'ab12' is not in the cache"])
+    error: str = Field(
+        description="Human-readable message.", examples=["image_id 'ab12' is not in the cache"]
+    )
     error_type: str = Field(description="Stable machine-readable kind.", examples=["not_found"])
     request_id: str = Field(description="Echo of X-Request-ID (generated when absent).", examples=["5f0c..."])
 
@@ -34,7 +36,9 @@ class MaskOut(BaseModel):
     segmentation: RLE | list[list[float]] = Field(
         description="COCO RLE (format=rle) or polygons [[x0,y0,x1,y1,...],...] (format=polygon)."
     )
-    bbox: list[int] = Field(description="COCO box [x, y, width, height] in pixels.", examples=[[10, 20, 100, 80]])
+    bbox: list[int] = Field(
+        description="COCO box [x, y, width, height] in pixels.", examples=[[10, 20, 100, 80]]
+    )
     area: int = Field(description="Mask pixel count.", examples=[5321])
     score: float = Field(description="Mask confidence (text similarity or predicted IoU).", examples=[0.87])
     iou_prediction: float | None = Field(None, description="SAM decoder's predicted IoU (prompt/refine).")
@@ -44,7 +48,9 @@ class MaskOut(BaseModel):
 class ImageMeta(BaseModel):
     image_id: str = Field(description="Send back as `image_id` to reuse the cached embedding.")
     width: int = Field(description="Original image width in pixels (after EXIF orientation).", examples=[640])
-    height: int = Field(description="Original image height in pixels (after EXIF orientation).", examples=[480])
+    height: int = Field(
+        description="Original image height in pixels (after EXIF orientation).", examples=[480]
+    )
     cached: bool = Field(description="True when the image embedding came from the cache (no encoder run).")
 
 
@@ -54,7 +60,9 @@ class EmbedResponse(ImageMeta):
 
 class LabelScoreOut(BaseModel):
     label: str = Field(examples=["a dog"])
-    probability: float = Field(description="Softmax over the given labels (all labels sum to 1).", examples=[0.93])
+    probability: float = Field(
+        description="Softmax over the given labels (all labels sum to 1).", examples=[0.93]
+    )
     logit: float = Field(description="logit_scale * cosine similarity.", examples=[23.4])
 
 
@@ -90,7 +98,9 @@ class PromptMasks(BaseModel):
 
 
 class PromptSegmentResponse(ImageMeta):
-    prompts: list[PromptMasks] = Field(description="One entry per prompt (boxes shorthand appended in order).")
+    prompts: list[PromptMasks] = Field(
+        description="One entry per prompt (boxes shorthand appended in order)."
+    )
 
 
 class RefinePoint(BaseModel):

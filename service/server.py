@@ -41,7 +41,12 @@ class DrainingServer(uvicorn.Server):
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         lifecycle = self.app.state.service.lifecycle
-        if self.should_exit or self.drain_task is not None or self._loop is None or not lifecycle.start_drain():
+        if (
+            self.should_exit
+            or self.drain_task is not None
+            or self._loop is None
+            or not lifecycle.start_drain()
+        ):
             super().handle_exit(sig, frame)
             return
         self._captured_signals.append(sig)  # uvicorn re-raises it after shutdown, as it does without drain

@@ -51,14 +51,37 @@ class Settings(BaseSettings):
         default_factory=lambda: ["CPUExecutionProvider"],
         description="ONNX Runtime execution providers in priority order, e.g. CUDAExecutionProvider,CPUExecutionProvider.",
     )
-    intra_op_threads: int = Field(0, ge=0, description="Threads inside one op; 0 = CPUs this process may use.")
+    intra_op_threads: int = Field(
+        0, ge=0, description="Threads inside one op; 0 = CPUs this process may use."
+    )
     inter_op_threads: int = Field(1, ge=0, description="Threads across independent ops.")
     warmup: bool = Field(True, description="Run every graph once at start before /readyz turns 200.")
+
+    # --- backend tuning (optional; each is read only by the backend it names) ------------------------------
+    precision: str | None = Field(
+        None, description="GPU backends: auto | bf16 | fp16 | fp32 (None = the backend's default)."
+    )
+    variant: str | None = Field(
+        None, description="Reduced-precision graph variant from manifest['variants'] (e.g. int8); auto/none."
+    )
+    cuda_device: int = Field(0, ge=0, description="CUDA device index for GPU backends.")
+    torch_device: str | None = Field(None, description="torch backend device (cuda, cuda:1, cpu).")
+    openvino_hint: str = Field("LATENCY", description="OpenVINO performance hint: LATENCY | THROUGHPUT.")
+    openvino_num_streams: int = Field(0, ge=0, description="OpenVINO streams; 0 = plugin default.")
+    openvino_cache_dir: Path | None = Field(None, description="OpenVINO compiled-model cache directory.")
+    openvino_precision: str = Field(
+        "auto", description="OpenVINO inference precision: auto | bf16 | f16 | f32."
+    )
+    openvino_graph_precision: dict[str, str] = Field(
+        default_factory=dict, description='Per-graph OpenVINO precision, JSON e.g. {"sam_decoder": "f32"}.'
+    )
 
     # --- batching, queueing, deadlines ---------------------------------------------------------------------
     max_batch_size: int = Field(4, ge=1, description="Most images in one encoder batch.")
     max_batch_wait_ms: float = Field(10, ge=0, description="How long the batcher waits to fill a batch.")
-    queue_size: int = Field(32, ge=1, description="Encoder queue bound; a full queue answers 429 + Retry-After.")
+    queue_size: int = Field(
+        32, ge=1, description="Encoder queue bound; a full queue answers 429 + Retry-After."
+    )
     request_timeout_s: float = Field(
         60, gt=0, description="Per-request deadline; a request still queued when it passes gets 504."
     )
@@ -69,7 +92,9 @@ class Settings(BaseSettings):
 
     # --- input limits ---------------------------------------------------------------------------------------
     max_body_bytes: int = Field(32 * MiB, ge=1, description="Largest request body (413 above, also chunked).")
-    max_form_fields: int = Field(16, ge=1, description="Most multipart/urlencoded fields per request (400 above).")
+    max_form_fields: int = Field(
+        16, ge=1, description="Most multipart/urlencoded fields per request (400 above)."
+    )
     max_form_part_bytes: int = Field(
         1 * MiB, ge=1, description="Largest non-file form field, e.g. `prompts` JSON (400 above)."
     )
@@ -79,7 +104,9 @@ class Settings(BaseSettings):
         default_factory=lambda: ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"],
         description="Pillow format names accepted (others -> 415).",
     )
-    max_prompts: int = Field(64, ge=1, description="Most prompts (points/box groups) per /segment/prompt call.")
+    max_prompts: int = Field(
+        64, ge=1, description="Most prompts (points/box groups) per /segment/prompt call."
+    )
     max_points_per_prompt: int = Field(32, ge=1, description="Most points in one prompt.")
     max_texts: int = Field(16, ge=1, description="Most `text` values per /segment call.")
     max_labels: int = Field(1000, ge=1, description="Most labels per /classify call.")

@@ -39,10 +39,13 @@ def sam_distill_loss(
 ) -> torch.Tensor:
     """SAM self-distillation: student masks vs the frozen teacher's masks for the same prompts.
 
-    Logits (K, M, H, W): BCE against sigmoid(teacher) + dice; plus MSE between IoU predictions (K, M).
+    Logits (K, M, H, W): per-pixel binary KL(teacher || student) (BCE against sigmoid(teacher) minus the
+    teacher's entropy, so 0 when they agree) + soft dice; plus MSE between IoU predictions (K, M).
     """
-    target = teacher_logits.float().sigmoid()
-    return mask_loss(student_logits, target).mean() + F.mse_loss(student_iou.float(), teacher_iou.float())
+    s, t = student_logits.float(), teacher_logits.float()
+    p = t.sigmoid()
+    kl = F.binary_cross_entropy_with_logits(s, p) - F.binary_cross_entropy_with_logits(t, p)
+    return kl + dice_loss(s, p).mean() + F.mse_loss(student_iou.float(), teacher_iou.float())
 
 
 def mask_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

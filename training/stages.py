@@ -54,8 +54,9 @@ def dense_targets(teacher: ClipTeacher, images: torch.Tensor, masks: torch.Tenso
     for b in range(images.shape[0]):
         m = masks[b][valid[b]]
         crops = instance_crops(images[b], m, teacher.image_size)
-        bg = remove_objects(images[b], m)[None]
-        emb = teacher.encode_image(torch.cat([crops, bg]))
+        size = (teacher.image_size, teacher.image_size)
+        bg = F.interpolate(remove_objects(images[b], m)[None].float(), size=size, mode="bilinear", antialias=True)
+        emb = teacher.encode_image(torch.cat([crops.float(), bg]))
         cov = patch_coverage(m, grid)
         cov = torch.cat([cov, (1 - cov.sum(0, keepdim=True)).clamp_min(0)])
         out.append(F.normalize(torch.einsum("khw,kd->hwd", cov, emb), dim=-1))

@@ -140,7 +140,7 @@ def run_stage(cfg: TrainConfig, stage_name: str, out: Path, init: str | None = N
         loss.backward()
         optim.step()
         if rank == 0 and (step % cfg.log_every == 0 or step == stage.steps - 1):
-            rec = {"stage": stage_name, "step": step, "loss": float(loss), **logs, "time_s": round(time.time() - t0, 2)}
+            rec = {"stage": stage_name, "step": step, "loss": loss.item(), **logs, "time_s": round(time.time() - t0, 2)}
             log.write(json.dumps(rec) + "\n")
             log.flush()
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})

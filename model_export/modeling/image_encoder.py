@@ -55,7 +55,7 @@ class Attention(nn.Module):
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, self.head_dim))
 
     def _rel_pos_bias(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Additive bias (B*heads... as (B, heads, h*w, h*w)) from unscaled queries q (B, heads, h*w, d)."""
+        """Additive attention bias (B, heads, h*w, h*w) from the unscaled queries q (B, heads, h*w, d)."""
         b = q.shape[0]
         r_h = rel_pos_lookup(h, h, self.rel_pos_h)  # (h, h, d)
         r_w = rel_pos_lookup(w, w, self.rel_pos_w)  # (w, w, d)

@@ -3,7 +3,8 @@
 ONE encoder pass per image: `get_entry` looks the image up in the embedding cache (key: sha256 of the uploaded
 bytes + bundle fingerprint; the public `image_id` is that sha256 hex) and only on a miss preprocesses it and
 sends it through the dynamic batcher to `backend.encode`. The entry keeps image_embeddings (1, C, h, w) and
-patch_tokens (1, h, w, W) as float32; the CLIP head outputs are computed lazily, once per entry, and memoised.
+patch_tokens (1, h, w, W) as float32; the CLIP head outputs are computed lazily, once per entry, and memoised
+(then the patch tokens, needed by nothing else, are dropped and the cache re-counts the entry's bytes).
 Text embeddings (80-template ensembles, see templates.py) live in an LRU keyed by the stripped label.
 Every blocking backend call runs in a thread pool (one lock per graph) so the event loop stays free.
 Deadlines are `time.monotonic()` seconds.
@@ -44,24 +45,28 @@ TEXT_BATCH = 256  # rows per text-encoder call
 
 @dataclass
 class _Memo:
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    """State shared by every copy of one cached entry. patch_tokens (1, h, w, W) f32 is dropped once the CLIP
+    head outputs (its only consumer) are memoised, so a used entry holds the smaller of the two."""
+
+    patch_tokens: np.ndarray | None = None
     clip: ClipOutput | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @dataclass
 class ImageEntry:
     """A cached image. image_id = sha256 hex of the uploaded bytes; width/height = ORIGINAL size;
     input_size = (new_h, new_w) after resize-longest-side; cached = this request found it in the cache.
-    image_embeddings (1, C, h, w) f32; patch_tokens (1, h, w, W) f32."""
+    image_embeddings (1, C, h, w) f32 (SAM decoder input, always kept); memo: patch tokens / CLIP outputs.
+    Arrays are stored as float32 (no float16 storage: it would break exact parity with SamPredictor)."""
 
     image_id: str
     width: int
     height: int
     input_size: tuple[int, int]
     image_embeddings: np.ndarray = field(repr=False)
-    patch_tokens: np.ndarray = field(repr=False)
+    memo: _Memo = field(repr=False)
     cached: bool = False
-    memo: _Memo = field(default_factory=_Memo, repr=False)
 
     @property
     def original_size(self) -> tuple[int, int]:
@@ -69,9 +74,10 @@ class ImageEntry:
 
     @property
     def nbytes(self) -> int:
-        clip = self.memo.clip
+        clip, tokens = self.memo.clip, self.memo.patch_tokens
         extra = 0 if clip is None else clip.image_embedding.nbytes + clip.patch_embeddings.nbytes
-        return int(self.image_embeddings.nbytes + self.patch_tokens.nbytes + extra + 512)
+        extra += 0 if tokens is None else tokens.nbytes
+        return int(self.image_embeddings.nbytes + extra + 512)
 
 
 class Predictor:
@@ -111,10 +117,11 @@ class Predictor:
         self.ready = True
 
     async def stop(self) -> None:
+        """Not ready at once; queued encoder work finishes, then the worker threads exit."""
         self.ready = False
         await self.batcher.stop()
-        self._pool.shutdown(wait=True)
-        self._encoder_pool.shutdown(wait=True)
+        for pool in (self._pool, self._encoder_pool):  # wait for in-flight calls off the event loop
+            await asyncio.to_thread(pool.shutdown, True)
 
     def _warmup(self) -> None:
         """Run all 4 graphs once on dummy inputs (first-call allocations and kernel selection)."""
@@ -145,14 +152,19 @@ class Predictor:
         if entry is not None:
             timings.cache_hit = True
             return dataclasses.replace(entry, cached=True)
-        if image is None:
+        if image is None and not self.batcher.pending(key):
             raise NotFound(f"unknown image_id {key!r} (evicted or never uploaded); send the image again")
         timings.cache_hit = False
-        with timings.measure("preprocess"):
-            x, input_size = await self._call(
-                preprocess, image.rgb, self.image_size, self.bundle.pixel_mean, self.bundle.pixel_std
-            )
-        item = (key, x, image.width, image.height, input_size)
+        item = None  # the same image already queued or running: coalesce, skip preprocessing
+        if image is not None and not self.batcher.pending(key):
+            with timings.measure("preprocess"):
+                x, input_size = await self._call(
+                    preprocess, image.rgb, self.image_size, self.bundle.pixel_mean, self.bundle.pixel_std
+                )
+            done = self.cache.get(key, count=False)  # finished by a concurrent request meanwhile
+            if done is not None:
+                return dataclasses.replace(done, cached=False)
+            item = (key, x, image.width, image.height, input_size)
         result = await self.batcher.submit(key, item, deadline)
         timings.add("queue", result.queued_ms)
         timings.add("encoder", result.run_ms)
@@ -175,7 +187,7 @@ class Predictor:
                 height=height,
                 input_size=input_size,
                 image_embeddings=np.ascontiguousarray(out.image_embeddings[i : i + 1], np.float32),
-                patch_tokens=np.ascontiguousarray(out.patch_tokens[i : i + 1], np.float32),
+                memo=_Memo(patch_tokens=np.ascontiguousarray(out.patch_tokens[i : i + 1], np.float32)),
             )
             self.cache.put(key, entry)
             entries.append(entry)
@@ -190,7 +202,9 @@ class Predictor:
     def _compute_clip(self, entry: ImageEntry) -> None:
         with entry.memo.lock:
             if entry.memo.clip is None:
-                entry.memo.clip = self._locked("clip_head", self.backend.clip_head, entry.patch_tokens)
+                tokens = entry.memo.patch_tokens
+                entry.memo.clip = self._locked("clip_head", self.backend.clip_head, tokens)
+                entry.memo.patch_tokens = None
                 self.cache.refresh_size(entry.image_id)
 
     # --- text ----------------------------------------------------------------------------------------------
@@ -237,19 +251,27 @@ class Predictor:
         order = np.argsort(-logits, kind="stable")[: max(1, int(top_k))]
         return [LabelScore(labels[i], float(probs[i]), float(logits[i])) for i in order]
 
+    def _classes(self, texts: list[str]) -> list[str]:
+        """Unique query texts (first occurrence order) followed by the background prompts not among them."""
+        unique = list(dict.fromkeys(texts))
+        backgrounds = [b.strip() for b in self.settings.background_prompts if b.strip()]
+        return unique + [b for b in dict.fromkeys(backgrounds) if b not in unique]
+
     async def segment_text(self, entry: ImageEntry, texts: list[str], timings: Timings) -> list[MaskResult]:
-        """One mask per text (rule in textseg.py), against settings.background_prompts."""
+        """One mask per text (rule in textseg.py), against settings.background_prompts. A repeated text gets
+        the same mask as its first occurrence."""
         texts = self._check_texts(texts, self.settings.max_texts, "text")
-        classes = texts + [
-            b for b in self.settings.background_prompts if b.strip() and b.strip() not in texts
-        ]
+        classes = self._classes(texts)
+        unique = list(dict.fromkeys(texts))
         clip = await self._clip(entry, timings)
         emb = await self._text_embeddings(classes, timings)
         logits = textseg.class_logits(clip.patch_embeddings[0], emb, self.logit_scale)
         with timings.measure("postprocess"):
-            return await self._call(
-                textseg.text_segment, logits, texts, entry.input_size, entry.original_size, self.image_size
+            results = await self._call(
+                textseg.text_segment, logits, unique, entry.input_size, entry.original_size, self.image_size
             )
+        by_text = dict(zip(unique, results, strict=True))
+        return [dataclasses.replace(by_text[t]) for t in texts]
 
     async def segment_prompts(
         self, entry: ImageEntry, request: prompt_mod.PromptRequest, timings: Timings
@@ -300,7 +322,7 @@ class Predictor:
         (text,) = self._check_texts([text], 1, "text")
         if not 1 <= num_points <= self.settings.max_points_per_prompt:
             raise InvalidInput(f"num_points must be in 1..{self.settings.max_points_per_prompt}")
-        classes = [text] + [b for b in self.settings.background_prompts if b.strip() and b.strip() != text]
+        classes = self._classes([text])
         clip = await self._clip(entry, timings)
         emb = await self._text_embeddings(classes, timings)
         logits = textseg.class_logits(clip.patch_embeddings[0], emb, self.logit_scale)

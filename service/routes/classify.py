@@ -58,8 +58,12 @@ async def classify(
 ) -> ClassifyResponse:
     names = check_texts(inp.values("labels", labels), "labels", settings.max_labels, settings.max_text_chars)
     k = _top_k(inp.value("top_k", top_k), len(names))
-    entry = await predictor.get_entry(image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline)
+    entry = await predictor.get_entry(
+        image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline
+    )
     scores = await predictor.classify(entry, names, k, timings)
     ranked = sorted(scores, key=lambda s: s.probability, reverse=True)[:k]
-    out = [LabelScoreOut(label=s.label, probability=float(s.probability), logit=float(s.logit)) for s in ranked]
+    out = [
+        LabelScoreOut(label=s.label, probability=float(s.probability), logit=float(s.logit)) for s in ranked
+    ]
     return ClassifyResponse(**image_meta(entry), labels=out)

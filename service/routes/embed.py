@@ -24,5 +24,7 @@ ERRORS = {code: {"model": ErrorResponse, **doc} for code, doc in PNG_RESPONSE_DO
 async def embed(
     predictor: PredictorDep, inp: ImageInputDep, timings: TimingsDep, deadline: DeadlineDep
 ) -> EmbedResponse:
-    entry = await predictor.get_entry(image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline)
+    entry = await predictor.get_entry(
+        image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline
+    )
     return EmbedResponse(**image_meta(entry))

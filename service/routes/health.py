@@ -28,7 +28,9 @@ async def healthz() -> HealthResponse:
     "/readyz",
     response_model=ReadyResponse,
     summary="Readiness: model loaded and warm, not draining",
-    responses={503: {"model": ReadyResponse, "description": "loading, failed load (with reason) or draining"}},
+    responses={
+        503: {"model": ReadyResponse, "description": "loading, failed load (with reason) or draining"}
+    },
 )
 async def readyz(state: StateDep) -> JSONResponse:
     lifecycle = state.lifecycle

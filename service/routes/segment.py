@@ -32,7 +32,7 @@ from service.deps import (
 from service.errors import InvalidInput
 from service.pipeline.prompts import PromptRequest
 from service.routes.embed import ERRORS
-from service.routes.render import body_doc, image_meta, masks_to_json, png_response
+from service.routes.render import PNG_RESPONSE_DOC, body_doc, image_meta, masks_to_json, png_response
 from service.schemas import (
     PromptSegmentResponse,
     RefineResponse,
@@ -43,6 +43,13 @@ from service.settings import Settings
 
 router = APIRouter(prefix="/segment", tags=["inference"], dependencies=[Depends(require_api_key)])
 
+RESPONSES = {
+    **ERRORS,
+    200: {
+        **PNG_RESPONSE_DOC[200],
+        "description": "Masks as JSON, or ONE mask as PNG (format=png / Accept: image/png)",
+    },
+}
 TEXT_FIELD = {"text": {"type": "array", "items": {"type": "string"}, "description": "Repeat per text."}}
 PROMPTS_FIELD = {
     "prompts": {
@@ -83,7 +90,7 @@ def _as_int(value: Any, name: str, default: int, low: int, high: int) -> int:
     summary="Text-prompted segmentation (CLIP head), one mask per text",
     description="`curl -F image=@dog.jpg 'http://127.0.0.1:8000/segment?text=dog&text=cat'`. "
     "A pixel belongs to a text when that text scores highest among all texts and the background prompts.",
-    responses=ERRORS,
+    responses=RESPONSES,
     openapi_extra=body_doc(TEXT_FIELD, SegmentTextRequest),
 )
 async def segment_text(
@@ -97,7 +104,9 @@ async def segment_text(
     index: MaskIndexDep = 0,
 ) -> Any:
     texts = check_texts(inp.values("text", text), "text", settings.max_texts, settings.max_text_chars)
-    entry = await predictor.get_entry(image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline)
+    entry = await predictor.get_entry(
+        image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline
+    )
     results = await predictor.segment_text(entry, texts, timings)
     if fmt == "png":
         return await png_response(results, index, entry, timings)
@@ -153,10 +162,10 @@ def _check_prompt_counts(raw: dict[str, Any], settings: Settings) -> None:
     "/prompt",
     response_model=PromptSegmentResponse,
     summary="Point / box / mask prompted segmentation (SAM decoder)",
-    description="Multipart: `-F image=@x.jpg -F 'prompts=[{\"points\":[{\"x\":100,\"y\":80,\"label\":1}]}]'`; "
+    description='Multipart: `-F image=@x.jpg -F \'prompts=[{"points":[{"x":100,"y":80,"label":1}]}]\'`; '
     'or JSON: `{"image_id": "...", "prompts": [...], "boxes": [[x0,y0,x1,y1]], "multimask": true}`. '
     "Coordinates in original-image pixels.",
-    responses=ERRORS,
+    responses=RESPONSES,
     openapi_extra=body_doc(PROMPTS_FIELD, PromptRequest),
 )
 async def segment_prompt(
@@ -170,7 +179,9 @@ async def segment_prompt(
     index: MaskIndexDep = 0,
 ) -> Any:
     request = parse_prompt_request(inp, settings, multimask)
-    entry = await predictor.get_entry(image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline)
+    entry = await predictor.get_entry(
+        image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline
+    )
     groups = await predictor.segment_prompts(entry, request, timings)
     if fmt == "png":
         return await png_response([m for group in groups for m in group], index, entry, timings)
@@ -189,7 +200,7 @@ async def segment_prompt(
     summary="CLIP→SAM refine: text coarse mask -> sampled points + mask prompt -> SAM decoder",
     description="`curl -F image=@x.jpg 'http://127.0.0.1:8000/segment/refine?text=dog&return_coarse=true'`. "
     "PNG: index 0 is the fine mask, index 1 the coarse mask (when return_coarse).",
-    responses=ERRORS,
+    responses=RESPONSES,
     openapi_extra=body_doc(TEXT_FIELD),
 )
 async def segment_refine(
@@ -200,7 +211,9 @@ async def segment_refine(
     deadline: DeadlineDep,
     fmt: MaskFormatDep,
     text: Annotated[list[str], Query(description="ONE text to segment.")] = [],  # noqa: B006
-    num_points: Annotated[int | None, Query(description="Point prompts to sample (default: setting).")] = None,
+    num_points: Annotated[
+        int | None, Query(description="Point prompts to sample (default: setting).")
+    ] = None,
     seed: Annotated[int | None, Query(description="Sampling seed (default: setting).")] = None,
     return_coarse: Annotated[bool | None, Query(description="Also return the CLIP-head mask.")] = None,
     return_points: Annotated[bool | None, Query(description="Also return the sampled points.")] = None,
@@ -208,12 +221,18 @@ async def segment_refine(
 ) -> Response | RefineResponse:
     texts = check_texts(inp.values("text", text), "text", 1, settings.max_text_chars)
     n = _as_int(
-        inp.value("num_points", num_points), "num_points", settings.refine_points, 1, settings.max_points_per_prompt
+        inp.value("num_points", num_points),
+        "num_points",
+        settings.refine_points,
+        1,
+        settings.max_points_per_prompt,
     )
     rng_seed = _as_int(inp.value("seed", seed), "seed", settings.refine_seed, 0, 2**32 - 1)
     want_coarse = _as_bool(inp.value("return_coarse", return_coarse), "return_coarse", False)
     want_points = _as_bool(inp.value("return_points", return_points), "return_points", False)
-    entry = await predictor.get_entry(image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline)
+    entry = await predictor.get_entry(
+        image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline
+    )
     result = await predictor.refine(entry, texts[0], n, rng_seed, timings)
     results = [result.mask] + ([result.coarse] if want_coarse else [])
     if fmt == "png":

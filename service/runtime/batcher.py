@@ -2,7 +2,8 @@
 
 - `submit(key, item, deadline)` queues one item; the queue holds at most `queue_size` distinct jobs, beyond that
   `QueueFull` (429) with a `Retry-After` header (seconds, estimated from recent batch times) is raised at once.
-- Concurrent submits with the SAME key coalesce: they wait on one job, so the image is encoded once.
+- Concurrent submits with the SAME key coalesce: they wait on one job, so the image is encoded once
+  (`pending(key)` tells a caller it may pass item=None to join the running/queued job).
 - The worker takes the first job, waits until `max_batch_size` jobs are queued or `max_batch_wait_ms` passed
   since that job arrived, then runs up to `max_batch_size` jobs as one call of `run_batch(items)`.
 - Deadlines (time.monotonic() seconds): a waiter whose deadline passes while queued gets `DeadlineExceeded`
@@ -92,6 +93,10 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
+    def pending(self, key: str) -> bool:
+        """True while a job for `key` is queued or running (a submit now would coalesce with it)."""
+        return key in self._jobs
+
     async def start(self) -> None:
         if self._task is None:
             self._stopping = False
@@ -115,6 +120,8 @@ class Batcher:
         waiter = _Waiter(loop.create_future(), deadline, coalesced=key in self._jobs)
         job = self._jobs.get(key)
         if job is None:
+            if item is None:
+                raise InferenceFailed(f"{self.name}: no pending job for {key!r} to join")
             if len(self._queue) >= self.queue_size:
                 retry = self.retry_after()
                 raise QueueFull(

@@ -5,8 +5,9 @@ binds them, lets ORT allocate the outputs on the device (`bind_output(name, "cud
 `run_with_iobinding` and copies only the outputs the pipeline needs back to host (the decoder's full-size
 `masks` output is never bound). One session per graph; a lock per graph serialises calls.
 
-Graph choice per graph: `settings.precision` "fp16" uses the manifest variant named "fp16"
-(`manifest["variants"][graph]`, e.g. written by the export side with fp32 I/O or fp16 I/O) and fails when
+Graph choice per graph: `settings.precision` "fp16" uses the manifest variant named "fp16" or with
+precision "fp16" whose `runtimes` (if listed) include "ort-cuda" (`manifest["variants"][graph]`, written by
+the export side, fp32 or fp16 I/O) and fails when
 absent; "auto" (default) uses it when present and its recorded parity passed, else the fp32 graph; "fp32"
 always uses the fp32 graph. Inputs are cast to each session input's dtype, outputs returned as float32.
 
@@ -32,13 +33,21 @@ OUTPUTS = {
     "text_encoder": ("text_embedding",),
     "sam_decoder": ("iou_predictions", "low_res_masks"),
 }
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-               "tensor(int32)": np.int32}
+_ORT_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
 
 
 def choose_graph_file(manifest: dict[str, Any], graph: str, precision: str) -> tuple[str, str]:
     """(file name, precision label) for one graph; BackendError when "fp16" is asked for but absent."""
-    variants = [v for v in (manifest.get("variants") or {}).get(graph) or [] if v.get("name") == "fp16"]
+    variants = [
+        v
+        for v in (manifest.get("variants") or {}).get(graph) or []
+        if "fp16" in (v.get("name"), v.get("precision")) and "ort-cuda" in v.get("runtimes", ["ort-cuda"])
+    ]
     if precision == "fp16":
         if not variants:
             raise BackendError(f"precision fp16 asked for but the bundle has no fp16 variant of {graph}")
@@ -51,8 +60,16 @@ def choose_graph_file(manifest: dict[str, Any], graph: str, precision: str) -> t
 class _BoundGraph:
     """One InferenceSession run through IO binding on `device_type`:`device_id`."""
 
-    def __init__(self, ort: Any, path: Path, graph: str, providers: list, device_type: str, device_id: int,
-                 options: Any) -> None:
+    def __init__(
+        self,
+        ort: Any,
+        path: Path,
+        graph: str,
+        providers: list,
+        device_type: str,
+        device_id: int,
+        options: Any,
+    ) -> None:
         self.ort, self.graph, self.device_type, self.device_id = ort, graph, device_type, device_id
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         wanted = providers[0][0] if isinstance(providers[0], tuple) else providers[0]
@@ -109,9 +126,12 @@ class OrtCudaBackend:
         for graph in GRAPHS:
             file, label = choose_graph_file(bundle.manifest, graph, precision)
             chosen[graph] = {"file": file, "precision": label}
-            self.graphs[graph] = _BoundGraph(ort, root / file, graph, providers, device_type, device_id, options)
+            self.graphs[graph] = _BoundGraph(
+                ort, root / file, graph, providers, device_type, device_id, options
+            )
         self.info = BackendInfo(
-            name="ort-cuda", device=f"{device_type}:{device_id}" if device_type == "cuda" else "cpu",
+            name="ort-cuda",
+            device=f"{device_type}:{device_id}" if device_type == "cuda" else "cpu",
             precision="fp16" if any(c["precision"] == "fp16" for c in chosen.values()) else "fp32",
             details={"onnxruntime": ort.__version__, "graphs": chosen, "io_binding": True},
         )
@@ -127,10 +147,21 @@ class OrtCudaBackend:
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         return self.graphs["text_encoder"].run({"input_ids": input_ids})["text_embedding"]
 
-    def decode(self, image_embeddings: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,
-               mask_input: np.ndarray, has_mask_input: np.ndarray) -> DecoderOutput:
-        out = self.graphs["sam_decoder"].run({
-            "image_embeddings": image_embeddings, "point_coords": point_coords, "point_labels": point_labels,
-            "mask_input": mask_input, "has_mask_input": has_mask_input,
-        })
+    def decode(
+        self,
+        image_embeddings: np.ndarray,
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        mask_input: np.ndarray,
+        has_mask_input: np.ndarray,
+    ) -> DecoderOutput:
+        out = self.graphs["sam_decoder"].run(
+            {
+                "image_embeddings": image_embeddings,
+                "point_coords": point_coords,
+                "point_labels": point_labels,
+                "mask_input": mask_input,
+                "has_mask_input": has_mask_input,
+            }
+        )
         return DecoderOutput(out["iou_predictions"], out["low_res_masks"])

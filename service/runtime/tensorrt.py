@@ -94,7 +94,9 @@ class TrtGraph:
                 arr = np.ascontiguousarray(feeds[n], dtype=self.dtypes[n])
                 hi = self.max_shapes[n]
                 if arr.ndim != len(hi) or any(d > m for d, m in zip(arr.shape, hi, strict=True)):
-                    raise BackendError(f"{self.name}: input {n} shape {arr.shape} exceeds the engine profile {hi}")
+                    raise BackendError(
+                        f"{self.name}: input {n} shape {arr.shape} exceeds the engine profile {hi}"
+                    )
                 self.host[n].view(arr.shape, arr.dtype)[...] = arr
                 self.cuda.htod_async(self.device[n], self.host[n].ptr, arr.nbytes, self.stream)
                 if not self.context.set_input_shape(n, arr.shape):
@@ -142,10 +144,15 @@ def _import_trt() -> Any:
 class TensorRTBackend:
     """Backend over the bundle's TensorRT engines. `trt` and `cuda` are injectable for tests."""
 
-    def __init__(self, bundle: Any, settings: Any, *, trt: Any = None, cuda: CudaRuntime | None = None) -> None:
-        precision = getattr(settings, "precision", None) or "fp16"
+    def __init__(
+        self, bundle: Any, settings: Any, *, trt: Any = None, cuda: CudaRuntime | None = None
+    ) -> None:
+        wanted = getattr(settings, "precision", None)
+        precision = "fp16" if wanted in (None, "auto") else wanted
         if precision not in ("fp16", "fp32"):
-            precision = "fp16"  # "auto"/"bf16" -> the usual engine precision
+            raise BackendError(
+                f"tensorrt engines are built as fp16 or fp32, not {precision!r} (SAMCLIP_PRECISION)"
+            )
         device = int(getattr(settings, "cuda_device", 0) or 0)
         trt = trt if trt is not None else _import_trt()
         cuda = cuda if cuda is not None else CudaRuntime(device)
@@ -165,10 +172,16 @@ class TensorRTBackend:
         self._runtime = trt.Runtime(logger)
         self.graphs = {g: TrtGraph(trt, self._runtime, cuda, root / records[g]["file"], g) for g in GRAPHS}
         self.info = BackendInfo(
-            name="tensorrt", device=f"cuda:{device}", precision=precision,
-            details={"gpu": dev.name, "compute_capability": list(dev.compute_capability),
-                     "tensorrt": trt.__version__, "engines": {g: r["file"] for g, r in records.items()},
-                     "max_batch": {g: self.graphs[g].max_batch for g in GRAPHS}},
+            name="tensorrt",
+            device=f"cuda:{device}",
+            precision=precision,
+            details={
+                "gpu": dev.name,
+                "compute_capability": list(dev.compute_capability),
+                "tensorrt": trt.__version__,
+                "engines": {g: r["file"] for g, r in records.items()},
+                "max_batch": {g: self.graphs[g].max_batch for g in GRAPHS},
+            },
         )
 
     def encode(self, images: np.ndarray) -> EncoderOutput:
@@ -182,10 +195,21 @@ class TensorRTBackend:
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         return self.graphs["text_encoder"].run_chunked({"input_ids": input_ids})["text_embedding"]
 
-    def decode(self, image_embeddings: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,
-               mask_input: np.ndarray, has_mask_input: np.ndarray) -> DecoderOutput:
-        feeds = {"image_embeddings": image_embeddings, "point_coords": point_coords, "point_labels": point_labels,
-                 "mask_input": mask_input, "has_mask_input": has_mask_input}
+    def decode(
+        self,
+        image_embeddings: np.ndarray,
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        mask_input: np.ndarray,
+        has_mask_input: np.ndarray,
+    ) -> DecoderOutput:
+        feeds = {
+            "image_embeddings": image_embeddings,
+            "point_coords": point_coords,
+            "point_labels": point_labels,
+            "mask_input": mask_input,
+            "has_mask_input": has_mask_input,
+        }
         out = self.graphs["sam_decoder"].run_chunked(feeds)
         return DecoderOutput(out["iou_predictions"], out["low_res_masks"])
 

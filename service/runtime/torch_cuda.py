@@ -16,8 +16,11 @@ follow BUNDLE.md exactly: the decoder returns all 4 mask tokens for K prompts at
 
 Settings read (all optional): `torch_device` ("cuda" default, "cuda:1", or "cpu" for tests/CI),
 `precision` ("auto" = bf16 where the GPU supports it else fp16, fp32 on CPU; or "bf16", "fp16", "fp32"),
-`cuda_device` (index used when torch_device is plain "cuda"). Under autocast, matmuls/convs run in 16-bit
-while LayerNorm, softmax and reductions stay fp32 (torch's autocast op lists). Outputs are float32 numpy.
+`cuda_device` (index used when torch_device is plain "cuda"). Under autocast, matmuls/convs of the encoder,
+CLIP head and text tower run in 16-bit while LayerNorm, softmax and reductions stay fp32 (torch's autocast op
+lists). The SAM decoder always runs in fp32: it is a tiny share of the FLOPs, and its Fourier features of
+point coordinates (sin/cos of 2*pi*coords@G) lose most of their precision in 16-bit matmuls.
+Outputs are float32 numpy.
 """
 
 from __future__ import annotations
@@ -94,25 +97,37 @@ class TorchCudaBackend:
 
             from model_export import onnx_wrappers as wrappers  # noqa: PLC0415
         except ImportError as exc:
-            raise BackendError(f"the torch backend needs torch and model_export (the export extra): {exc}") from exc
+            raise BackendError(
+                f"the torch backend needs torch and model_export (the export extra): {exc}"
+            ) from exc
         self.torch = torch
-        name = getattr(settings, "torch_device", None) or f"cuda:{int(getattr(settings, 'cuda_device', 0) or 0)}"
+        name = (
+            getattr(settings, "torch_device", None) or f"cuda:{int(getattr(settings, 'cuda_device', 0) or 0)}"
+        )
         self.device = torch.device(name)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise BackendError(f"torch {torch.__version__} sees no CUDA device; cannot run torch-cuda on {name}")
-        self.precision, self.dtype = resolve_precision(torch, self.device, getattr(settings, "precision", None) or "auto")
+            raise BackendError(
+                f"torch {torch.__version__} sees no CUDA device; cannot run torch-cuda on {name}"
+            )
+        self.precision, self.dtype = resolve_precision(
+            torch, self.device, getattr(settings, "precision", None) or "auto"
+        )
         model, source = load_model(Path(bundle.path), bundle.manifest)
         size = int(bundle.manifest["model"]["config"]["image_size"])
         self.modules = {
-            "encoder": wrappers.EncoderOnnx(model), "clip_head": wrappers.ClipHeadOnnx(model),
-            "text_encoder": wrappers.TextEncoderOnnx(model), "sam_decoder": wrappers.SamDecoderOnnx(model, size),
+            "encoder": wrappers.EncoderOnnx(model),
+            "clip_head": wrappers.ClipHeadOnnx(model),
+            "text_encoder": wrappers.TextEncoderOnnx(model),
+            "sam_decoder": wrappers.SamDecoderOnnx(model, size),
         }
         for m in self.modules.values():
             m.to(self.device).eval()
         self.locks = {g: threading.Lock() for g in self.modules}
         gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.info = BackendInfo(
-            name="torch-cuda", device=str(self.device), precision=self.precision,
+            name="torch-cuda",
+            device=str(self.device),
+            precision=self.precision,
             details={"torch": torch.__version__, "gpu": gpu, "weights": source, "attention": "sdpa"},
         )
 
@@ -120,8 +135,11 @@ class TorchCudaBackend:
         torch = self.torch
         fn = self._decode_low_res if graph == "sam_decoder" else self.modules[graph]
         with self.locks[graph], torch.inference_mode():
-            inputs = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True) for a in arrays]
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            inputs = [
+                torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True) for a in arrays
+            ]
+            use_16bit = self.dtype is not None and graph != "sam_decoder"
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=use_16bit):
                 out = fn(*inputs)
             out = out if isinstance(out, tuple) else (out,)
             return tuple(o.float().cpu().numpy() for o in out)
@@ -145,9 +163,17 @@ class TorchCudaBackend:
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
         return self._run("text_encoder", input_ids.astype(np.int64, copy=False))[0]
 
-    def decode(self, image_embeddings: np.ndarray, point_coords: np.ndarray, point_labels: np.ndarray,
-               mask_input: np.ndarray, has_mask_input: np.ndarray) -> DecoderOutput:
-        f32 = [a.astype(np.float32, copy=False) for a in
-               (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)]
+    def decode(
+        self,
+        image_embeddings: np.ndarray,
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        mask_input: np.ndarray,
+        has_mask_input: np.ndarray,
+    ) -> DecoderOutput:
+        f32 = [
+            a.astype(np.float32, copy=False)
+            for a in (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+        ]
         iou, low_res = self._run("sam_decoder", *f32)
         return DecoderOutput(iou, low_res)

@@ -44,7 +44,9 @@ def engine_filename(graph: str, compute_capability: Iterable[int], trt_version: 
     return f"{graph}.{sm_tag(compute_capability)}.trt{trt_version}.{precision}.engine"
 
 
-def record_mismatch(record: dict[str, Any], compute_capability: Iterable[int], trt_version: str) -> str | None:
+def record_mismatch(
+    record: dict[str, Any], compute_capability: Iterable[int], trt_version: str
+) -> str | None:
     """Why `record` cannot run here (None when it can). Exact match on compute capability and TensorRT version:
     engines are not portable across GPU architectures or TensorRT releases."""
     here_cc = tuple(int(v) for v in compute_capability)
@@ -56,7 +58,9 @@ def record_mismatch(record: dict[str, Any], compute_capability: Iterable[int], t
             f"({record.get('device_name', 'unknown GPU')}), this GPU is {'.'.join(map(str, here_cc))}"
         )
     if str(record.get("tensorrt")) != str(trt_version):
-        reasons.append(f"built with TensorRT {record.get('tensorrt')}, this process has TensorRT {trt_version}")
+        reasons.append(
+            f"built with TensorRT {record.get('tensorrt')}, this process has TensorRT {trt_version}"
+        )
     return "; ".join(reasons) or None
 
 
@@ -87,9 +91,7 @@ def select_engines(
     missing = [g for g in GRAPHS if g not in chosen]
     if missing:
         detail = "; ".join(refused) if refused else "no engine recorded"
-        raise EngineMismatch(
-            f"refusing TensorRT engines for {', '.join(missing)} — {detail}. {fix}"
-        )
+        raise EngineMismatch(f"refusing TensorRT engines for {', '.join(missing)} — {detail}. {fix}")
     return chosen
 
 

@@ -75,9 +75,12 @@ def test_sigterm_drains_in_flight_requests(deploy_bundle: Path, server_factory) 
     loops = [Loop(url, seed) for seed in range(1, LOOP_THREADS + 1)]
     for loop in loops:
         loop.start()
+    deadline = time.monotonic() + 60
+    while not all(loop.results for loop in loops) and time.monotonic() < deadline:
+        time.sleep(0.1)  # every loop has completed a request: the server is busy with real traffic
     bodies = [make_image(500 + i, base_size=(400, 300), fmt="PNG") for i in range(SLOW_UPLOADS)]
     slow = [open_slow_upload(port, body) for body in bodies]
-    time.sleep(1.0)  # let the loops run and the server admit the slow uploads
+    time.sleep(0.5)  # let the server admit the slow uploads
     assert proc.poll() is None
 
     t_signal = time.monotonic()
@@ -88,8 +91,9 @@ def test_sigterm_drains_in_flight_requests(deploy_bundle: Path, server_factory) 
     assert t_ready < 1.0, f"/readyz took {t_ready:.2f} s to answer 503"
     assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200  # still live while draining
 
-    refused = httpx.post(f"{url}/segment?text=dog", content=bodies[0], headers={"Content-Type": "image/png"},
-                         timeout=10)
+    refused = httpx.post(
+        f"{url}/segment?text=dog", content=bodies[0], headers={"Content-Type": "image/png"}, timeout=10
+    )
     assert refused.status_code == 503, refused.text
     assert set(refused.json()) >= {"error", "error_type", "request_id"}
 

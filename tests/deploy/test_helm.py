@@ -50,8 +50,14 @@ def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict]]:
 
 def test_lint_strict_all_value_sets() -> None:
     for value_set in VALUE_SETS:
-        result = helm("lint", "--strict", str(CHART), "-f", str(ROOT / "deploy/values" / f"{value_set}.yaml"),
-                      check=False)
+        result = helm(
+            "lint",
+            "--strict",
+            str(CHART),
+            "-f",
+            str(ROOT / "deploy/values" / f"{value_set}.yaml"),
+            check=False,
+        )
         assert result.returncode == 0, f"{value_set}: {result.stdout}\n{result.stderr}"
 
 
@@ -141,7 +147,13 @@ def test_schema_refuses_weakened_security(override: str) -> None:
 
 
 def test_schema_refuses_unknown_and_bad_values() -> None:
-    for override in ("replicas=2", "bundle.source=s3", "gpu.count=0", "config.bundle=/x", "ingress.affinity.mode=ip"):
+    for override in (
+        "replicas=2",
+        "bundle.source=s3",
+        "gpu.count=0",
+        "config.bundle=/x",
+        "ingress.affinity.mode=ip",
+    ):
         result = helm("template", "rel", str(CHART), "--set", override, check=False)
         assert result.returncode != 0, override
 
@@ -171,7 +183,10 @@ def test_configmap_maps_values_to_settings() -> None:
     assert data["SAMCLIP_CACHE_BYTES"] == "8589934592"
     assert data["SAMCLIP_PROVIDERS"] == '["CUDAExecutionProvider","CPUExecutionProvider"]'
     assert all(key.startswith("SAMCLIP_") for key in data)
-    assert container(docs)["envFrom"][0]["configMapRef"]["name"] == by_kind(docs, "ConfigMap")[0]["metadata"]["name"]
+    assert (
+        container(docs)["envFrom"][0]["configMapRef"]["name"]
+        == by_kind(docs, "ConfigMap")[0]["metadata"]["name"]
+    )
 
 
 def test_settings_class_reads_the_configmap(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -262,3 +277,23 @@ def test_network_policy_and_selectors_match() -> None:
     assert by_kind(docs, "Service")[0]["spec"]["selector"].items() <= pod_labels.items()
     assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert len(policy["spec"]["ingress"][0]["from"]) == 2
+
+
+def test_hpa_on_queue_depth_alone_and_guard() -> None:
+    docs = render(
+        None,
+        "--set",
+        "autoscaling.targetCPUUtilizationPercentage=null",
+        "--set",
+        "autoscaling.queueDepth.enabled=true",
+    )
+    (hpa,) = by_kind(docs, "HorizontalPodAutoscaler")
+    assert [m["type"] for m in hpa["spec"]["metrics"]] == ["Pods"]
+    kubernetes_validate.validate(hpa, K8S_VERSION, strict=True)
+    result = helm(
+        "template", "rel", str(CHART), "--set", "autoscaling.targetCPUUtilizationPercentage=null", check=False
+    )
+    assert result.returncode != 0 and "autoscaling needs" in result.stderr
+    no_hpa = render(None, "--set", "autoscaling.enabled=false", "--set", "replicaCount=3")
+    assert not by_kind(no_hpa, "HorizontalPodAutoscaler")
+    assert by_kind(no_hpa, "Deployment")[0]["spec"]["replicas"] == 3

@@ -140,7 +140,9 @@ def test_sam_checkpoint_for_other_architecture_is_explained(tmp_path):
     msg = str(err.value)
     assert "does not fit config 'tiny'" in msg and "embed_dim=64 (config 96)" in msg
     assert "patch_size=8 (config 16)" in msg and "image_size=128 (config 256)" in msg
-    assert "shape mismatch in" in msg and "image_encoder.blocks.0.attn.qkv.weight (checkpoint (192, 64)" in msg
+    assert (
+        "shape mismatch in" in msg and "image_encoder.blocks.0.attn.qkv.weight (checkpoint (192, 64)" in msg
+    )
 
 
 @pytest.mark.slow

@@ -59,7 +59,9 @@ def test_manifest_describes_bundle(tiny_bundle, tiny_model):
     assert [o["shape"] for o in g["encoder"]["outputs"]] == [["batch", 64, G, G], ["batch", G, G, 96]]
     assert g["clip_head"]["inputs"][0]["shape"] == ["batch", "grid_h", "grid_w", 96]
     assert [o["name"] for o in g["clip_head"]["outputs"]] == ["image_embedding", "patch_embeddings"]
-    assert g["text_encoder"]["inputs"] == [{"name": "input_ids", "shape": ["num_texts", 77], "dtype": "int64"}]
+    assert g["text_encoder"]["inputs"] == [
+        {"name": "input_ids", "shape": ["num_texts", 77], "dtype": "int64"}
+    ]
     dec_in = {i["name"]: i["shape"] for i in g["sam_decoder"]["inputs"]}
     assert dec_in == {
         "image_embeddings": [1, 64, G, G], "point_coords": ["num_prompts", "num_points", 2],

@@ -154,6 +154,9 @@ def test_parity_metrics() -> None:
     texts = np.eye(3)  # text 0, text 1, background = axis 2
     masks = text_segment_masks(patches, texts, n_background=1)
     assert masks.shape == (2, 2, 2) and masks[0, 0].all() and not masks[0, 1].any() and not masks[1].any()
+    patches[1, 1] = [0.1, 0.9, 0.2]  # text 1 beats the background there (text 0 would win overall)
+    patches[1, 1, 0] = 1.0
+    assert text_segment_masks(patches, texts, n_background=1)[1, 1, 1]
 
 
 def test_random_prompts_follow_the_bundle_layout() -> None:

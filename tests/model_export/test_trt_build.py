@@ -28,25 +28,46 @@ def _manifest(size=256, patch=16, c=64, w=96) -> dict:
     return {
         "model": {"name": "tiny", "config": {"image_size": size, "encoder": {"patch_size": patch}}},
         "graphs": {
-            "encoder": {"file": "encoder.onnx", "inputs": [{"name": "image", "shape": ["batch", 3, size, size], "dtype": f32}]},
-            "clip_head": {"file": "clip_head.onnx",
-                          "inputs": [{"name": "patch_tokens", "shape": ["batch", "h", "w", w], "dtype": f32}]},
-            "text_encoder": {"file": "text_encoder.onnx",
-                             "inputs": [{"name": "input_ids", "shape": ["n", 77], "dtype": "int64"}]},
-            "sam_decoder": {"file": "sam_decoder.onnx", "inputs": [
-                {"name": "image_embeddings", "shape": [1, c, h, h], "dtype": f32},
-                {"name": "point_coords", "shape": ["k", "n", 2], "dtype": f32},
-                {"name": "point_labels", "shape": ["k", "n"], "dtype": f32},
-                {"name": "mask_input", "shape": ["k", 1, 4 * h, 4 * h], "dtype": f32},
-                {"name": "has_mask_input", "shape": ["k"], "dtype": f32}]},
+            "encoder": {
+                "file": "encoder.onnx",
+                "inputs": [{"name": "image", "shape": ["batch", 3, size, size], "dtype": f32}],
+            },
+            "clip_head": {
+                "file": "clip_head.onnx",
+                "inputs": [{"name": "patch_tokens", "shape": ["batch", "h", "w", w], "dtype": f32}],
+            },
+            "text_encoder": {
+                "file": "text_encoder.onnx",
+                "inputs": [{"name": "input_ids", "shape": ["n", 77], "dtype": "int64"}],
+            },
+            "sam_decoder": {
+                "file": "sam_decoder.onnx",
+                "inputs": [
+                    {"name": "image_embeddings", "shape": [1, c, h, h], "dtype": f32},
+                    {"name": "point_coords", "shape": ["k", "n", 2], "dtype": f32},
+                    {"name": "point_labels", "shape": ["k", "n"], "dtype": f32},
+                    {"name": "mask_input", "shape": ["k", 1, 4 * h, 4 * h], "dtype": f32},
+                    {"name": "has_mask_input", "shape": ["k"], "dtype": f32},
+                ],
+            },
         },
     }
 
 
 def test_profiles_follow_manifest_and_limits():
-    p = compute_profiles(_manifest(size=1024, c=256, w=768), ProfileLimits(max_batch=32, max_prompts=64, max_points=10))
-    assert p["encoder"]["image"] == {"min": [1, 3, 1024, 1024], "opt": [4, 3, 1024, 1024], "max": [32, 3, 1024, 1024]}
-    assert p["clip_head"]["patch_tokens"] == {"min": [1, 28, 28, 768], "opt": [4, 64, 64, 768], "max": [32, 64, 64, 768]}
+    p = compute_profiles(
+        _manifest(size=1024, c=256, w=768), ProfileLimits(max_batch=32, max_prompts=64, max_points=10)
+    )
+    assert p["encoder"]["image"] == {
+        "min": [1, 3, 1024, 1024],
+        "opt": [4, 3, 1024, 1024],
+        "max": [32, 3, 1024, 1024],
+    }
+    assert p["clip_head"]["patch_tokens"] == {
+        "min": [1, 28, 28, 768],
+        "opt": [4, 64, 64, 768],
+        "max": [32, 64, 64, 768],
+    }
     assert p["text_encoder"]["input_ids"] == {"min": [1, 77], "opt": [80, 77], "max": [128, 77]}
     dec = p["sam_decoder"]
     assert dec["image_embeddings"]["min"] == dec["image_embeddings"]["max"] == [1, 256, 64, 64]
@@ -56,7 +77,9 @@ def test_profiles_follow_manifest_and_limits():
 
 
 def test_profiles_clamp_opt_and_grid_to_small_limits():
-    p = compute_profiles(_manifest(), ProfileLimits(max_batch=2, max_prompts=3, max_points=1, max_text_batch=5))
+    p = compute_profiles(
+        _manifest(), ProfileLimits(max_batch=2, max_prompts=3, max_points=1, max_text_batch=5)
+    )
     assert p["encoder"]["image"]["opt"][0] == 2 and p["text_encoder"]["input_ids"]["opt"] == [5, 77]
     assert p["clip_head"]["patch_tokens"]["min"][1:3] == [16, 16]  # tiny grid 16 < 28: one grid
     assert p["sam_decoder"]["point_coords"]["opt"] == [3, 1, 2]
@@ -76,7 +99,11 @@ def test_profiles_reject_bad_limits_and_unknown_dynamic_axes():
 def test_fp32_layer_rule():
     assert keep_fp32("NORMALIZATION") and keep_fp32("SOFTMAX") and keep_fp32("REDUCE")
     assert keep_fp32("ELEMENTWISE", "POW")
-    assert not keep_fp32("ELEMENTWISE", "SUM") and not keep_fp32("MATRIX_MULTIPLY") and not keep_fp32("CONVOLUTION")
+    assert (
+        not keep_fp32("ELEMENTWISE", "SUM")
+        and not keep_fp32("MATRIX_MULTIPLY")
+        and not keep_fp32("CONVOLUTION")
+    )
 
 
 def test_pin_fp32_layers_sets_precision_and_output_types():
@@ -96,10 +123,17 @@ def test_pin_fp32_layers_sets_precision_and_output_types():
         def set_output_type(self, i, dt):
             self.out_types[i] = dt
 
-    layers = [Layer("NORMALIZATION", [float16]), Layer("ELEMENTWISE", [float32], "POW"),
-              Layer("ELEMENTWISE", [float32], "SUM"), Layer("REDUCE", [int64]), Layer("SOFTMAX", [float32, float32]),
-              Layer("MATRIX_MULTIPLY", [float16])]
-    trt = ns(LayerType=ns(ELEMENTWISE=layers[1].type), IElementWiseLayer=Layer, float32=float32, float16=float16)
+    layers = [
+        Layer("NORMALIZATION", [float16]),
+        Layer("ELEMENTWISE", [float32], "POW"),
+        Layer("ELEMENTWISE", [float32], "SUM"),
+        Layer("REDUCE", [int64]),
+        Layer("SOFTMAX", [float32, float32]),
+        Layer("MATRIX_MULTIPLY", [float16]),
+    ]
+    trt = ns(
+        LayerType=ns(ELEMENTWISE=layers[1].type), IElementWiseLayer=Layer, float32=float32, float16=float16
+    )
     layers[2].type = trt.LayerType.ELEMENTWISE
     network = ns(num_layers=len(layers), get_layer=lambda i: layers[i])
     assert trt_build._pin_fp32_layers(trt, network) == 3
@@ -109,7 +143,10 @@ def test_pin_fp32_layers_sets_precision_and_output_types():
 
 def test_engine_names():
     assert engine_filename("encoder", (9, 0), "10.3.0", "fp16") == "encoder.sm90.trt10.3.0.fp16.engine"
-    assert engine_filename("sam_decoder", [8, 6], "10.0.1.6", "fp32") == "sam_decoder.sm86.trt10.0.1.6.fp32.engine"
+    assert (
+        engine_filename("sam_decoder", [8, 6], "10.0.1.6", "fp32")
+        == "sam_decoder.sm86.trt10.0.1.6.fp32.engine"
+    )
     with pytest.raises(ValueError):
         engine_filename("decoder", (9, 0), "10.3.0", "fp16")
     with pytest.raises(ValueError):
@@ -119,8 +156,14 @@ def test_engine_names():
 
 
 def _rec(graph, cc=(9, 0), trt="10.3.0", precision="fp16"):
-    return {"graph": graph, "file": engine_filename(graph, cc, trt, precision), "compute_capability": list(cc),
-            "tensorrt": trt, "precision": precision, "device_name": "GPU"}
+    return {
+        "graph": graph,
+        "file": engine_filename(graph, cc, trt, precision),
+        "compute_capability": list(cc),
+        "tensorrt": trt,
+        "precision": precision,
+        "device_name": "GPU",
+    }
 
 
 def test_record_compatibility_and_selection():
@@ -151,9 +194,18 @@ def test_engine_record_and_manifest_update(tmp_path: Path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 1, "graphs": {}}))
     path = tmp_path / engine_filename("encoder", (9, 0), "10.3.0", "fp16")
     path.write_bytes(b"engine-bytes")
-    rec = trt_build.engine_record("encoder", path, cc=(9, 0), device_name="NVIDIA H200", trt_version="10.3.0",
-                                  precision="fp16", profiles={"image": {"min": [1]}}, fp32_layers=5,
-                                  outputs=["image_embeddings"], build_s=1.234)
+    rec = trt_build.engine_record(
+        "encoder",
+        path,
+        cc=(9, 0),
+        device_name="NVIDIA H200",
+        trt_version="10.3.0",
+        precision="fp16",
+        profiles={"image": {"min": [1]}},
+        fp32_layers=5,
+        outputs=["image_embeddings"],
+        build_s=1.234,
+    )
     assert rec["sha256"] == hashlib.sha256(b"engine-bytes").hexdigest()
     assert rec["bytes"] == 12 and rec["compute_capability"] == [9, 0] and rec["build_s"] == 1.23
     manifest = trt_build.update_manifest(tmp_path, [rec])
@@ -165,9 +217,29 @@ def test_engine_record_and_manifest_update(tmp_path: Path):
 def test_cli_parses_and_reports_missing_tensorrt(capsys):
     parser = argparse.ArgumentParser()
     trt_build.add_build_trt_parser(parser.add_subparsers(dest="cmd"))
-    args = parser.parse_args(["build-trt", "B", "--precision", "fp32", "--max-batch", "16", "--max-prompts", "32",
-                              "--max-points", "8", "--workspace-gb", "2"])
-    assert (args.precision, args.max_batch, args.max_prompts, args.max_points, args.workspace_gb) == ("fp32", 16, 32, 8, 2.0)
+    args = parser.parse_args(
+        [
+            "build-trt",
+            "B",
+            "--precision",
+            "fp32",
+            "--max-batch",
+            "16",
+            "--max-prompts",
+            "32",
+            "--max-points",
+            "8",
+            "--workspace-gb",
+            "2",
+        ]
+    )
+    assert (args.precision, args.max_batch, args.max_prompts, args.max_points, args.workspace_gb) == (
+        "fp32",
+        16,
+        32,
+        8,
+        2.0,
+    )
     try:
         import tensorrt  # noqa: F401
     except ImportError:
@@ -175,3 +247,133 @@ def test_cli_parses_and_reports_missing_tensorrt(capsys):
         assert "needs TensorRT 10" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         parser.parse_args(["build-trt", "B", "--precision", "int8"])
+
+
+class _FakeTrtBuild:
+    """Just enough of the TensorRT 10 builder API for build_engine / build_bundle_engines."""
+
+    __version__ = "10.9.0"
+
+    def __init__(self, outputs):
+        ns = SimpleNamespace
+        fake = self
+        self.flags, self.shapes, self.unmarked, self.parsed = [], {}, [], []
+        self.MemoryPoolType = ns(WORKSPACE="ws")
+        self.BuilderFlag = ns(FP16="FP16", OBEY_PRECISION_CONSTRAINTS="OBEY")
+        self.LayerType = ns(ELEMENTWISE="EW")
+        self.float32, self.float16 = "f32", "f16"
+        self.Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda s, level: None})
+
+        class Network:
+            def __init__(self):
+                self.outs = [ns(name=n) for n in outputs]
+                self.num_layers = 0
+
+            num_outputs = property(lambda s: len(s.outs))
+
+            def get_output(self, i):
+                return self.outs[i]
+
+            def unmark_output(self, t):
+                fake.unmarked.append(t.name)
+                self.outs.remove(t)
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                fake.workspace = size
+
+            def create_timing_cache(self, blob):
+                fake.cache_in = blob
+                return "cache"
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                return True
+
+            def set_flag(self, flag):
+                fake.flags.append(flag)
+
+            def add_optimization_profile(self, profile):
+                return 0
+
+            def get_timing_cache(self):
+                return ns(serialize=lambda: b"timing-cache")
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                assert flags == 0
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return ns(set_shape=lambda name, lo, opt, hi: fake.shapes.__setitem__(name, (lo, opt, hi)))
+
+            def build_serialized_network(self, network, config):
+                return b"engine:" + ",".join(o.name for o in network.outs).encode()
+
+        class OnnxParser:
+            def __init__(self, network, logger):
+                pass
+
+            def parse_from_file(self, path):
+                fake.parsed.append(Path(path).name)
+                return True
+
+        self.Builder, self.OnnxParser = Builder, OnnxParser
+
+
+def test_build_engine_sets_profiles_flags_cache_and_drops_masks(tmp_path):
+    trt = _FakeTrtBuild(["iou_predictions", "low_res_masks", "masks"])
+    profiles = compute_profiles(_manifest(), ProfileLimits(max_prompts=8, max_points=5))["sam_decoder"]
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"old-cache")
+    blob, pinned, outputs = trt_build.build_engine(
+        trt, tmp_path / "sam_decoder.onnx", "sam_decoder", profiles, "fp16", 2.0, cache
+    )
+    assert blob == b"engine:iou_predictions,low_res_masks" and outputs == ["iou_predictions", "low_res_masks"]
+    assert trt.unmarked == ["masks"] and pinned == 0
+    assert trt.flags == ["FP16", "OBEY"] and trt.workspace == 2 << 30
+    assert trt.shapes["point_coords"] == ([1, 1, 2], [8, 2, 2], [8, 5, 2]) and set(trt.shapes) == set(
+        profiles
+    )
+    assert trt.cache_in == b"old-cache" and cache.read_bytes() == b"timing-cache"  # reused, then updated
+    trt32 = _FakeTrtBuild(["text_embedding"])
+    trt_build.build_engine(
+        trt32, tmp_path / "t.onnx", "text_encoder", {}, "fp32", 1.0, tmp_path / "new.cache"
+    )
+    assert trt32.flags == [] and trt32.cache_in == b""
+
+
+def test_build_bundle_engines_writes_files_and_manifest(tmp_path, monkeypatch):
+    import sys
+
+    from service.runtime import cuda_rt
+    from service.runtime.cuda_rt import DeviceInfo
+
+    manifest = _manifest()
+    manifest["format_version"] = 1
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    fake = _FakeTrtBuild(["out"])
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(cuda_rt, "probe_device", lambda device: DeviceInfo(device, "NVIDIA H200", (9, 0)))
+    records = trt_build.build_bundle_engines(tmp_path, "fp16", ProfileLimits(max_batch=2))
+    assert [r["file"] for r in records] == [
+        f"{g}.sm90.trt10.9.0.fp16.engine" for g in ("encoder", "clip_head", "text_encoder", "sam_decoder")
+    ]
+    assert fake.parsed == ["encoder.onnx", "clip_head.onnx", "text_encoder.onnx", "sam_decoder.onnx"]
+    assert (tmp_path / "trt_timing.sm90.trt10.9.0.cache").read_bytes() == b"timing-cache"
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())
+    chosen = select_engines(on_disk, "fp16", (9, 0), "10.9.0")
+    assert chosen["encoder"]["profiles"]["image"]["max"] == [2, 3, 256, 256]
+    assert (
+        chosen["encoder"]["sha256"]
+        == hashlib.sha256((tmp_path / records[0]["file"]).read_bytes()).hexdigest()
+    )
+    assert chosen["encoder"]["device_name"] == "NVIDIA H200"
+    fake.__version__ = "11.0.0"
+    with pytest.raises(RuntimeError, match="targets TensorRT 10"):
+        trt_build.build_bundle_engines(tmp_path, "fp16", ProfileLimits())

@@ -18,6 +18,7 @@ from segment_anything import modeling as sam_modeling  # noqa: E402
 
 from model_export import manifest as mf  # noqa: E402
 from model_export.build import build_model  # noqa: E402
+from model_export.cli import main  # noqa: E402
 from model_export.config import load_config  # noqa: E402
 from model_export.export_onnx import export_graph, graph_specs, stamp_output_shapes  # noqa: E402
 from model_export.torch_parity import (  # noqa: E402
@@ -37,7 +38,12 @@ def test_verify_passes_on_exported_bundle(tiny_bundle):
     report = verify_bundle(tiny_bundle, samples=2)
     assert report["ok"] is True, json.dumps(report, indent=2)
     assert report["integrity"] == {"ok": True, "problems": []}
-    assert {k.split(".")[0] for k in report["outputs"]} == {"encoder", "clip_head", "text_encoder", "sam_decoder"}
+    assert {k.split(".")[0] for k in report["outputs"]} == {
+        "encoder",
+        "clip_head",
+        "text_encoder",
+        "sam_decoder",
+    }
     assert all(o["max_abs_err"] <= 1e-4 for o in report["outputs"].values())
     assert report["masks"]["count"] > 0 and report["masks"]["min_pixel_agreement"] >= 0.999
     assert all(h != w for h, w in report["image_sizes"])  # non-square images
@@ -60,11 +66,12 @@ def test_verify_fails_on_graph_with_other_weights(tiny_bundle, tmp_path):
     assert report["outputs"]["encoder.image_embeddings"]["ok"] is True
 
 
-def test_verify_reports_tampered_artifact(tiny_bundle, tmp_path):
+def test_verify_cli_exits_nonzero_on_tampered_artifact(tiny_bundle, tmp_path, capsys):
     bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
     with open(bundle / "tokenizer.json", "a") as fh:
         fh.write(" ")
-    report = verify_bundle(bundle, samples=1)
+    assert main(["verify", str(bundle), "--samples", "1"]) == 1
+    report = json.loads(capsys.readouterr().out)
     assert report["ok"] is False
     assert any(p.startswith("tokenizer.json: sha256") for p in report["integrity"]["problems"])
 

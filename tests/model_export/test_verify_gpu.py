@@ -20,7 +20,9 @@ def tiny(request, tmp_path_factory):
 
 
 def test_torch_backend_bf16_on_cpu_passes_gates(tiny):
-    report = verify_gpu_backend(tiny, "torch-cuda", samples=1, precision="bf16", torch_device="cpu", prompts=6)
+    report = verify_gpu_backend(
+        tiny, "torch-cuda", samples=1, precision="bf16", torch_device="cpu", prompts=6
+    )
     assert report["ok"], report
     assert report["precision"] == "bf16" and report["device"] == "cpu"
     assert report["decoder_mask_iou"] >= report["gates"]["decoder_mask_iou"] == 0.97

@@ -66,7 +66,9 @@ class FakePredictor:
     async def stop(self) -> None:
         self.ready = False
 
-    async def get_entry(self, *, image: Any, image_id: str | None, timings: Any, deadline: float) -> FakeEntry:
+    async def get_entry(
+        self, *, image: Any, image_id: str | None, timings: Any, deadline: float
+    ) -> FakeEntry:
         while self.hold is not None and not self.hold.is_set():
             await asyncio.sleep(0.005)
         if self.boom is not None:
@@ -92,7 +94,10 @@ class FakePredictor:
     async def classify(self, entry: FakeEntry, labels: list[str], top_k: int, timings: Any) -> list:
         logits = np.arange(len(labels), dtype=np.float64)
         probs = np.exp(logits) / np.exp(logits).sum()
-        return [FakeLabelScore(label, float(p), float(lg)) for label, p, lg in zip(labels, probs, logits, strict=True)]
+        return [
+            FakeLabelScore(label, float(p), float(lg))
+            for label, p, lg in zip(labels, probs, logits, strict=True)
+        ]
 
     async def segment_text(self, entry: FakeEntry, texts: list[str], timings: Any) -> list[FakeMask]:
         return [self._mask(entry, t, i) for i, t in enumerate(texts)]
@@ -103,7 +108,9 @@ class FakePredictor:
         n = 3 if request.multimask else 1
         return [[self._mask(entry, None, j) for j in range(n)] for _ in specs]
 
-    async def refine(self, entry: FakeEntry, text: str, num_points: int, seed: int, timings: Any) -> FakeRefine:
+    async def refine(
+        self, entry: FakeEntry, text: str, num_points: int, seed: int, timings: Any
+    ) -> FakeRefine:
         points = [(float(i), float(i), 1) for i in range(num_points)]
         return FakeRefine(self._mask(entry, text, 0), self._mask(entry, text, 1), points)
 

@@ -45,8 +45,12 @@ def fake_client() -> Iterator[TestClient]:
 
 # --- transport ---------------------------------------------------------------------------------------------------
 def test_request_id_is_echoed_or_generated(fake_client: TestClient) -> None:
-    assert fake_client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
-    generated = fake_client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"}).headers["X-Request-ID"]
+    assert (
+        fake_client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["X-Request-ID"] == "abc-123"
+    )
+    generated = fake_client.get("/healthz", headers={"X-Request-ID": "bad id with spaces"}).headers[
+        "X-Request-ID"
+    ]
     assert generated != "bad id with spaces" and len(generated) == 32
     body = assert_error(fake_client.get("/nope", headers={"X-Request-ID": "rid-404"}), 404, "not_found")
     assert body["request_id"] == "rid-404"
@@ -89,10 +93,18 @@ def test_413_stream_is_cut_before_it_is_all_read() -> None:
         sent.append(message)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/embed", "raw_path": b"/embed", "query_string": b"", "root_path": "",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/embed",
+        "raw_path": b"/embed",
+        "query_string": b"",
+        "root_path": "",
         "headers": [(b"content-type", b"image/png"), (b"transfer-encoding", b"chunked")],
-        "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
     }
     with TestClient(app) as client:
         wait_status(client, {"ready"})
@@ -117,7 +129,9 @@ def test_422_bad_parameters(fake_client: TestClient) -> None:
     assert_error(fake_client.post("/classify?labels=a&top_k=0", files=files), 422)
     assert_error(fake_client.post("/segment/refine?text=a&num_points=0", files=files), 422)
     assert_error(fake_client.post("/segment/refine?text=a&text=b", files=files), 422)
-    assert_error(fake_client.post("/classify", content=b"{not json", headers={"Content-Type": "application/json"}), 422)
+    assert_error(
+        fake_client.post("/classify", content=b"{not json", headers={"Content-Type": "application/json"}), 422
+    )
     assert_error(fake_client.post("/classify", json=["a", "b"]), 422)
     assert_error(fake_client.post("/embed?image_id=x", files=files), 422)  # both image and image_id
     assert_error(fake_client.post("/segment?text=dog&format=png&index=5", files=files), 422)
@@ -127,7 +141,9 @@ def test_multipart_field_floods_are_refused(fake_client: TestClient) -> None:
     many = {f"f{i}": "x" for i in range(300)}  # ~30 kB: under the body limit, over max_form_fields
     assert_error(fake_client.post("/embed", data=many, files={"image": ("x.png", png_bytes(16, 16))}), 400)
     huge = {"prompts": "x" * 50_000}
-    assert_error(fake_client.post("/segment/prompt", data=huge, files={"image": ("x.png", png_bytes(16, 16))}), 400)
+    assert_error(
+        fake_client.post("/segment/prompt", data=huge, files={"image": ("x.png", png_bytes(16, 16))}), 400
+    )
     assert fake_client.get("/healthz").status_code == 200
 
 
@@ -141,7 +157,10 @@ def test_401_api_key() -> None:
         assert_error(client.post("/embed", content=image, headers={**PNG, "X-API-Key": "wrong"}), 401)
         assert_error(client.get("/info", headers={"Authorization": "Bearer nope"}), 401)
         assert client.post("/embed", content=image, headers={**PNG, "X-API-Key": "k3y"}).status_code == 200
-        assert client.post("/embed", content=image, headers={**PNG, "Authorization": "Bearer k3y"}).status_code == 200
+        assert (
+            client.post("/embed", content=image, headers={**PNG, "Authorization": "Bearer k3y"}).status_code
+            == 200
+        )
         assert client.get("/info", headers={"Authorization": "Bearer k3y"}).status_code == 200
 
 
@@ -157,7 +176,9 @@ def test_503_before_ready_and_after_failed_start() -> None:
         client.portal.call(gate.set)
         assert wait_status(client, {"ready"})["status"] == "ready"
 
-    app = create_app(Settings(), predictor_factory=lambda s, m: FakePredictor(s, m, start_error=OSError("disk")))
+    app = create_app(
+        Settings(), predictor_factory=lambda s, m: FakePredictor(s, m, start_error=OSError("disk"))
+    )
     with TestClient(app) as client:
         body = wait_status(client, {"failed"})
         assert body["status"] == "failed" and "disk" in body["reason"]
@@ -176,7 +197,9 @@ def test_unexpected_exception_is_a_logged_500_json_and_the_server_survives(caplo
     with TestClient(app) as client:
         wait_status(client, {"ready"})
         with caplog.at_level("ERROR"):
-            body = assert_error(client.post("/embed", content=png_bytes(16, 16), headers=PNG), 500, "internal_error")
+            body = assert_error(
+                client.post("/embed", content=png_bytes(16, 16), headers=PNG), 500, "internal_error"
+            )
         assert "kaboom" not in body["error"]
         assert any(getattr(r, "request_id", None) == body["request_id"] for r in caplog.records)
         holder["p"].boom = None
@@ -194,23 +217,37 @@ def real_client(tiny_bundle: Path) -> Iterator[TestClient]:
 
 def test_real_404_unknown_image_id(real_client: TestClient) -> None:
     assert_error(real_client.post("/embed?image_id=" + "0" * 64), 404, "not_found")
-    assert_error(real_client.post("/segment/prompt", json={"image_id": "feed", "prompts": [{"box": [1, 1, 5, 5]}]}), 404)
+    assert_error(
+        real_client.post("/segment/prompt", json={"image_id": "feed", "prompts": [{"box": [1, 1, 5, 5]}]}),
+        404,
+    )
 
 
 def test_real_422_prompts(real_client: TestClient) -> None:
     files = {"image": ("x.png", png_bytes(40, 30), "image/png")}
     post = real_client.post
     assert_error(post("/segment/prompt", data={"prompts": "[{oops"}, files=files), 422, "invalid_input")
-    assert_error(post("/segment/prompt", data={"prompts": '[{"points": [{"x": 500, "y": 1}]}]'}, files=files), 422)
-    assert_error(post("/segment/prompt", data={"prompts": '[{"points": [{"x": -1, "y": 1}]}]'}, files=files), 422)
+    assert_error(
+        post("/segment/prompt", data={"prompts": '[{"points": [{"x": 500, "y": 1}]}]'}, files=files), 422
+    )
+    assert_error(
+        post("/segment/prompt", data={"prompts": '[{"points": [{"x": -1, "y": 1}]}]'}, files=files), 422
+    )
     too_many = json.dumps([{"box": [1, 1, 5, 5]}] * 5)
     assert_error(post("/segment/prompt", data={"prompts": too_many}, files=files), 422)
     points = json.dumps([{"points": [{"x": 1, "y": 1}] * 5}])
     assert_error(post("/segment/prompt", data={"prompts": points}, files=files), 422)
     assert_error(post("/segment/prompt", data={"prompts": "[]"}, files=files), 422)
-    assert_error(post("/segment/prompt", data={"prompts": '[{"points": [], "box": [5, 5, 1, 1]}]'}, files=files), 422)
+    assert_error(
+        post("/segment/prompt", data={"prompts": '[{"points": [], "box": [5, 5, 1, 1]}]'}, files=files), 422
+    )
     assert_error(post("/segment/prompt", files=files), 422)  # no prompts at all
-    assert real_client.post("/segment/prompt", data={"prompts": '[{"box": [1, 1, 20, 20]}]'}, files=files).status_code == 200
+    assert (
+        real_client.post(
+            "/segment/prompt", data={"prompts": '[{"box": [1, 1, 20, 20]}]'}, files=files
+        ).status_code
+        == 200
+    )
 
 
 def test_real_image_errors(real_client: TestClient) -> None:
@@ -290,7 +327,12 @@ def test_real_429_queue_full_with_retry_after(tiny_bundle: Path) -> None:
 
 def test_real_504_expired_while_queued_never_runs(tiny_bundle: Path) -> None:
     settings = Settings(
-        bundle=tiny_bundle, queue_size=16, max_batch_size=1, max_batch_wait_ms=0, request_timeout_s=0.4, warmup=False
+        bundle=tiny_bundle,
+        queue_size=16,
+        max_batch_size=1,
+        max_batch_wait_ms=0,
+        request_timeout_s=0.4,
+        warmup=False,
     )
     with TestClient(create_app(settings, predictor_factory=slow_factory(0.6))) as client:
         assert wait_status(client, {"ready", "failed"})["status"] == "ready"

@@ -122,8 +122,9 @@ def test_draining_server_waits_for_in_flight_then_exits() -> None:
 def test_draining_server_gives_up_after_the_timeout(timeout_s: float) -> None:
     hold = threading.Event()  # never set: the request never finishes by itself
     app = _fake_app(hold)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=1)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_config=None, access_log=False, timeout_graceful_shutdown=1
+    )
     server = DrainingServer(config, app, drain_timeout_s=timeout_s)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -131,7 +132,10 @@ def test_draining_server_gives_up_after_the_timeout(timeout_s: float) -> None:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.01)
     port = server.servers[0].sockets[0].getsockname()[1]
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as client, ThreadPoolExecutor(1) as pool:
+    with (
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
         assert wait_status(client, {"ready"})["status"] == "ready"
         pool.submit(client.post, "/embed", content=png_bytes(32, 24), headers={"Content-Type": "image/png"})
         while app.state.service.lifecycle.inflight == 0 and time.monotonic() < deadline:

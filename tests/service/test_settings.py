@@ -58,7 +58,12 @@ def test_api_key_is_secret_in_repr_and_summary(monkeypatch: pytest.MonkeyPatch) 
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("SAMCLIP_MAX_BATCH_SIZE", "0"), ("SAMCLIP_PORT", "70000"), ("SAMCLIP_LOG_LEVEL", "LOUD"), ("SAMCLIP_QUEUE_SIZE", "x")],
+    [
+        ("SAMCLIP_MAX_BATCH_SIZE", "0"),
+        ("SAMCLIP_PORT", "70000"),
+        ("SAMCLIP_LOG_LEVEL", "LOUD"),
+        ("SAMCLIP_QUEUE_SIZE", "x"),
+    ],
 )
 def test_invalid_values_are_rejected(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
     monkeypatch.setenv(name, value)

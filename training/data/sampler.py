@@ -42,6 +42,9 @@ class ResolutionBatchSampler(Sampler[list[tuple[int, int]]]):
         b = int(self.batch * (min(self.res) / res) ** 2)
         return max(self.world, b - b % self.world)
 
+    def __len__(self) -> int:
+        return 2**62  # infinite; DataLoader asks for a length
+
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         rng = np.random.default_rng(self.seed)
         perm, pos = rng.permutation(self.n), 0

@@ -13,6 +13,7 @@ from PIL import Image
 from service.errors import InvalidImage, UnsupportedMediaType
 from service.pipeline.decode import decode_image, to_rgb
 
+
 def _save(im: Image.Image, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
     im.save(buf, format=fmt, **kw)
@@ -26,14 +27,21 @@ def _gradient(w: int = 40, h: int = 30) -> Image.Image:
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def _png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose IHDR claims width x height (a pixel bomb: the header is all we should read)."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _gif_with_huge_later_frame() -> bytes:
@@ -151,8 +159,10 @@ def test_16bit_png_scaled_to_8bit(s) -> None:
 @pytest.mark.parametrize("mode", ["I", "F", "1", "L"])
 def test_other_modes_to_rgb(mode: str) -> None:
     base = np.tile(np.arange(0, 200, 10, dtype=np.float64)[None], (8, 1))
-    im = Image.fromarray(base.astype(np.float32), mode="F").convert(mode) if mode != "F" else Image.fromarray(
-        base.astype(np.float32), mode="F"
+    im = (
+        Image.fromarray(base.astype(np.float32), mode="F").convert(mode)
+        if mode != "F"
+        else Image.fromarray(base.astype(np.float32), mode="F")
     )
     rgb = to_rgb(im)
     assert rgb.dtype == np.uint8 and rgb.shape == (8, 20, 3)
@@ -172,7 +182,9 @@ def test_palette_with_transparency_composited_on_white(s) -> None:
 
 
 def test_la_and_rgba(s) -> None:
-    la = Image.fromarray(np.stack([np.full((10, 10), 100, np.uint8), np.full((10, 10), 0, np.uint8)], 2), "LA")
+    la = Image.fromarray(
+        np.stack([np.full((10, 10), 100, np.uint8), np.full((10, 10), 0, np.uint8)], 2), "LA"
+    )
     assert tuple(decode_image(_save(la, "PNG"), s).rgb[0, 0]) == (255, 255, 255)
     rgba = Image.new("RGBA", (10, 10), (10, 20, 30, 255))
     assert tuple(decode_image(_save(rgba, "PNG"), s).rgb[0, 0]) == (10, 20, 30)

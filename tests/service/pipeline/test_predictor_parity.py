@@ -53,7 +53,9 @@ def reference_sam(tiny_model, cfg: dict) -> sam_modeling.Sam:
         pixel_mean=cfg["pixel_mean"], pixel_std=cfg["pixel_std"],
     )  # fmt: skip
     state = {
-        k: v for k, v in tiny_model.state_dict().items() if k.split(".")[0] in ("image_encoder", "prompt_encoder", "mask_decoder")
+        k: v
+        for k, v in tiny_model.state_dict().items()
+        if k.split(".")[0] in ("image_encoder", "prompt_encoder", "mask_decoder")
     }
     sam.load_state_dict(state, strict=True)
     return sam.eval()
@@ -108,7 +110,9 @@ async def test_prompt_masks_match_sam_predictor(tiny_bundle, tiny_model, setting
     await predictor.start()
     try:
         entry = await predictor.get_entry(image=image, image_id=None, timings=Timings(), deadline=1e18)
-        groups = await predictor.segment_prompts(entry, PromptRequest(prompts=PROMPTS, multimask=multimask), Timings())
+        groups = await predictor.segment_prompts(
+            entry, PromptRequest(prompts=PROMPTS, multimask=multimask), Timings()
+        )
     finally:
         await predictor.stop()
 

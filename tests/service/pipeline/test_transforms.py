@@ -70,7 +70,7 @@ def test_resize_bilinear_matches_torch_align_corners_false(size: tuple[int, int]
     np.testing.assert_allclose(transforms.resize_bilinear(maps, size), ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("original", [(300, 451), (451, 300), (1000, 97), (256, 256)])
+@pytest.mark.parametrize("original", [(300, 451), (451, 300), (1000, 97), (256, 256), (40, 30), (9, 700)])
 def test_postprocess_masks_agree_with_sam(original: tuple[int, int]) -> None:
     rng = np.random.default_rng(3)
     low = rng.normal(size=(4, 64, 64)).astype(np.float32)

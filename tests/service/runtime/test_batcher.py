@@ -141,6 +141,21 @@ async def test_same_key_coalesces_into_one_run() -> None:
     assert sum(r.coalesced for r in results) == 4
 
 
+async def test_join_pending_job_without_item() -> None:
+    rec = Recorder()
+    b = _batcher(rec)
+    await b.start()
+    first = asyncio.create_task(b.submit("k", "k", _deadline()))
+    await asyncio.sleep(0)
+    assert b.pending("k")
+    joined = await b.submit("k", None, _deadline())
+    assert joined.value == "out:k" and (await first).value == "out:k"
+    assert not b.pending("k")
+    with pytest.raises(InferenceFailed):
+        await b.submit("other", None, _deadline())
+    await b.stop()
+
+
 async def test_failing_batch_fails_only_its_requests() -> None:
     rec = Recorder(fail_on="bad")
     b = _batcher(rec, max_batch_size=2, max_batch_wait_ms=30)

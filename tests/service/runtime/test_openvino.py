@@ -33,7 +33,7 @@ def _inputs(bundle: Bundle) -> tuple[np.ndarray, dict, np.ndarray]:
     return (
         images,
         random_prompts(12, bundle.image_size, bundle.embed_grid, seed=7),
-        random_text_ids(5, seed=7),
+        random_text_ids(9, seed=7),
     )
 
 
@@ -131,3 +131,95 @@ def test_onnxruntime_int8_backend_parity(optimized_bundle: Path, reference) -> N
     assert fast.info.details["graphs"]["encoder"] == "encoder.int8.onnx"
     report = parity_report(reference, fast, *_inputs(bundle))
     assert report["passed"], report
+
+
+def _png(width: int, height: int, seed: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    img = generated_images(1, max(width, height), [0, 0, 0], [1, 1, 1], seed=seed)[0]
+    rgb = np.clip(img.transpose(1, 2, 0)[:height, :width], 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.anyio
+async def test_service_pipeline_parity(optimized_bundle: Path, tiny_bundle: Path) -> None:
+    """Through the real Predictor (default settings, OpenVINO with the auto-selected int8 variant) against the
+    plain onnxruntime Predictor: text-segment masks IoU >= 0.95, prompt masks IoU >= 0.97, classify close."""
+    import time
+
+    from model_export.parity import mask_iou
+    from service.metrics import Metrics
+    from service.pipeline.decode import decode_image
+    from service.pipeline.predictor import Predictor
+    from service.pipeline.prompts import PromptRequest
+    from service.settings import Settings
+    from service.timing import Timings
+
+    settings = Settings()
+    predictors = []
+    for name, path in (("onnxruntime", tiny_bundle), ("openvino", optimized_bundle)):
+        bundle = Bundle.load(path)
+        predictors.append(Predictor(bundle, create_backend(name, bundle, settings), settings, Metrics()))
+        await predictors[-1].start()
+    assert predictors[1].backend.info.details["graphs"]["encoder"]["variant"] == "int8-qdq-attn"
+    text_ious, prompt_ious = [], []
+    for seed, (w, h) in enumerate([(200, 150), (120, 240)]):
+        image = decode_image(_png(w, h, seed), settings)
+        entries = [await p.get_entry(image=image, image_id=None, timings=Timings(), deadline=time.monotonic() + 60)
+                   for p in predictors]  # fmt: skip
+        for text in ("a cat", "a dog", "tree"):
+            ref, fast = [
+                (await p.segment_text(e, [text], Timings()))[0]
+                for p, e in zip(predictors, entries, strict=True)
+            ]
+            text_ious.append(mask_iou(ref.mask, fast.mask))
+        request = PromptRequest(
+            boxes=[(10, 10, w // 2, h // 2), (w // 3, h // 3, w - 5, h - 5)], multimask=True
+        )
+        ref, fast = [
+            await p.segment_prompts(e, request, Timings()) for p, e in zip(predictors, entries, strict=True)
+        ]
+        prompt_ious += [
+            mask_iou(a.mask, b.mask)
+            for ra, fa in zip(ref, fast, strict=True)
+            for a, b in zip(ra, fa, strict=True)
+        ]
+        ref, fast = [
+            await p.classify(e, ["cat", "dog", "car"], 3, Timings())
+            for p, e in zip(predictors, entries, strict=True)
+        ]
+        assert {s.label: s.probability for s in ref} == pytest.approx(
+            {s.label: s.probability for s in fast}, abs=0.03
+        )
+    for p in predictors:
+        await p.stop()
+    assert np.mean(text_ious) >= 0.95, text_ious
+    assert np.mean(prompt_ious) >= 0.97, prompt_ious
+
+
+def test_app_serves_refine_with_openvino_backend(optimized_bundle: Path) -> None:
+    """`SAMCLIP_BACKEND=openvino` end to end: the real app loads, /info names the backend and its int8 variant,
+    and /segment/refine answers with a mask at the original size."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+    from service.settings import Settings
+
+    with TestClient(create_app(Settings(bundle=optimized_bundle, backend="openvino"))) as client:
+        deadline = time.monotonic() + 120
+        while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        info = client.get("/info").json()
+        assert info["backend"]["name"] == "openvino", info["backend"]
+        assert info["backend"]["details"]["graphs"]["encoder"]["variant"] == "int8-qdq-attn"
+        r = client.post(
+            "/segment/refine?text=dog", content=_png(160, 96, 3), headers={"Content-Type": "image/png"}
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["mask"]["segmentation"]["size"] == [96, 160]

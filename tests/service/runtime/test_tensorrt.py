@@ -8,7 +8,6 @@ execute_async_v3, chunking) runs unchanged. The real-GPU test at the bottom is m
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 from pathlib import Path
@@ -21,213 +20,7 @@ from service.runtime.base import BackendError, create_backend
 from service.runtime.cuda_rt import CudaRuntime
 from service.runtime.tensorrt import TensorRTBackend
 from service.runtime.trt_engines import engine_filename
-
-S, C, G, W, D, L = 32, 8, 2, 6, 4, 77  # image size, emb channels, grid, width, embed dim, context
-
-
-# ----------------------------------------------------------------------------- fake cuda-python runtime
-class FakeCudart:
-    """cuda.bindings.runtime look-alike: (err, value) tuples; memory is ctypes buffers, copies are memmove."""
-
-    cudaStreamNonBlocking = 1
-    cudaMemcpyKind = SimpleNamespace(cudaMemcpyHostToDevice=1, cudaMemcpyDeviceToHost=2)
-
-    def __init__(self, cc=(9, 0), fail_malloc=False):
-        self.cc, self.fail_malloc = cc, fail_malloc
-        self.buffers: dict[int, ctypes.Array] = {}
-        self.copies = 0
-        self.streams_synced = 0
-
-    def _alloc(self, n):
-        buf = ctypes.create_string_buffer(n)
-        self.buffers[ctypes.addressof(buf)] = buf
-        return ctypes.addressof(buf)
-
-    def cudaGetDeviceCount(self):
-        return (0, 1)
-
-    def cudaSetDevice(self, dev):
-        return (0,)
-
-    def cudaGetDeviceProperties(self, dev):
-        return (0, SimpleNamespace(name=b"Fake GPU", major=self.cc[0], minor=self.cc[1]))
-
-    def cudaMalloc(self, n):
-        return (2, None) if self.fail_malloc else (0, self._alloc(n))
-
-    def cudaMallocHost(self, n):
-        return (0, self._alloc(n))
-
-    def cudaFree(self, ptr):
-        self.buffers.pop(ptr)
-        return (0,)
-
-    cudaFreeHost = cudaFree
-
-    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
-        ctypes.memmove(dst, src, n)
-        self.copies += 1
-        return (0,)
-
-    def cudaStreamCreateWithFlags(self, flags):
-        return (0, 7)
-
-    def cudaStreamDestroy(self, stream):
-        return (0,)
-
-    def cudaStreamSynchronize(self, stream):
-        self.streams_synced += 1
-        return (0,)
-
-    def cudaGetErrorString(self, err):
-        return (0, b"out of memory" if err == 2 else b"error")
-
-
-# ----------------------------------------------------------------------------- fake tensorrt module
-def _from_addr(ptr, shape, dtype):
-    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    return np.frombuffer((ctypes.c_byte * n).from_address(ptr), dtype=dtype).reshape(shape)
-
-
-# graph -> (inputs {name: (dtype, max shape)}, outputs {name: (shape_fn(in_shapes), fn(in_arrays))})
-SPECS = {
-    "encoder": (
-        {"image": (np.float32, (2, 3, S, S))},
-        {
-            "image_embeddings": (
-                lambda s: (s["image"][0], C, G, G),
-                lambda a: np.broadcast_to(
-                    a["image"].mean((1, 2, 3))[:, None, None, None], (len(a["image"]), C, G, G)
-                ),
-            ),
-            "patch_tokens": (
-                lambda s: (s["image"][0], G, G, W),
-                lambda a: np.broadcast_to(
-                    a["image"].max((1, 2, 3))[:, None, None, None], (len(a["image"]), G, G, W)
-                ),
-            ),
-        },
-    ),
-    "clip_head": (
-        {"patch_tokens": (np.float32, (2, G, G, W))},
-        {
-            "image_embedding": (
-                lambda s: (s["patch_tokens"][0], D),
-                lambda a: a["patch_tokens"][..., :D].sum((1, 2)),
-            ),
-            "patch_embeddings": (
-                lambda s: (*s["patch_tokens"][:3], D),
-                lambda a: a["patch_tokens"][..., :D] * 2,
-            ),
-        },
-    ),
-    "text_encoder": (
-        {"input_ids": (np.int64, (3, L))},
-        {
-            "text_embedding": (
-                lambda s: (s["input_ids"][0], D),
-                lambda a: np.repeat(a["input_ids"][:, :1].astype(np.float32), D, 1),
-            )
-        },
-    ),
-    "sam_decoder": (
-        {
-            "image_embeddings": (np.float32, (1, C, G, G)),
-            "point_coords": (np.float32, (4, 5, 2)),
-            "point_labels": (np.float32, (4, 5)),
-            "mask_input": (np.float32, (4, 1, 4 * G, 4 * G)),
-            "has_mask_input": (np.float32, (4,)),
-        },
-        {
-            "iou_predictions": (
-                lambda s: (s["point_coords"][0], 4),
-                lambda a: np.repeat(a["point_coords"].sum((1, 2))[:, None], 4, 1),
-            ),
-            "low_res_masks": (
-                lambda s: (s["point_coords"][0], 4, 4 * G, 4 * G),
-                lambda a: np.broadcast_to(
-                    (a["mask_input"] + a["image_embeddings"].mean()), (len(a["mask_input"]), 4, 4 * G, 4 * G)
-                ),
-            ),
-        },
-    ),
-}
-
-
-class FakeContext:
-    def __init__(self, engine):
-        self.engine, self.shapes, self.addr = engine, {}, {}
-
-    def set_input_shape(self, name, shape):
-        self.shapes[name] = tuple(shape)
-        return all(d <= m for d, m in zip(shape, self.engine.inputs[name][1], strict=True))
-
-    def get_tensor_shape(self, name):
-        return self.engine.outputs[name][0](self.shapes)
-
-    def set_tensor_address(self, name, ptr):
-        self.addr[name] = ptr
-        return True
-
-    def execute_async_v3(self, stream):
-        assert stream == 7
-        arrays = {
-            n: _from_addr(self.addr[n], self.shapes[n], dt) for n, (dt, _) in self.engine.inputs.items()
-        }
-        for n, (shape_fn, fn) in self.engine.outputs.items():
-            _from_addr(self.addr[n], shape_fn(self.shapes), np.float32)[...] = fn(arrays)
-        self.engine.runs += 1
-        return True
-
-
-class FakeEngine:
-    def __init__(self, graph):
-        self.inputs, self.outputs = SPECS[graph]
-        self.names = list(self.inputs) + list(self.outputs)
-        self.runs = 0
-
-    num_io_tensors = property(lambda self: len(self.names))
-
-    def get_tensor_name(self, i):
-        return self.names[i]
-
-    def get_tensor_mode(self, name):
-        return "IN" if name in self.inputs else "OUT"
-
-    def get_tensor_dtype(self, name):
-        return self.inputs[name][0] if name in self.inputs else np.float32
-
-    def get_tensor_profile_shape(self, name, profile):
-        hi = self.inputs[name][1]
-        return (tuple(1 for _ in hi), hi, hi)
-
-    def create_execution_context(self):
-        return FakeContext(self)
-
-
-class FakeTrt:
-    __version__ = "10.9.0"
-    TensorIOMode = SimpleNamespace(INPUT="IN", OUTPUT="OUT")
-    Logger = type("Logger", (), {"WARNING": 2, "__init__": lambda self, level: None})
-
-    def __init__(self):
-        self.deserialized: list[str] = []
-        trt = self
-
-        class Runtime:
-            def __init__(self, logger):
-                pass
-
-            def deserialize_cuda_engine(self, blob):
-                graph = json.loads(blob)["graph"]
-                trt.deserialized.append(graph)
-                return FakeEngine(graph)
-
-        self.Runtime = Runtime
-
-    @staticmethod
-    def nptype(dtype):
-        return dtype
+from tests.service.runtime.trt_fakes import SPECS, C, D, FakeCudart, FakeTrt, G, L, S, W  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -346,7 +139,6 @@ def test_input_beyond_profile_is_a_backend_error(tmp_path):
 
 
 def test_registry_without_tensorrt_gives_clear_error(tmp_path):
-    pytest.importorskip("service.runtime.base")
     try:
         import tensorrt  # noqa: F401
     except ImportError:
@@ -354,6 +146,31 @@ def test_registry_without_tensorrt_gives_clear_error(tmp_path):
             create_backend("tensorrt", _bundle(tmp_path), SimpleNamespace(precision="fp16", cuda_device=0))
     else:
         pytest.skip("tensorrt is installed here; the GPU test covers it")
+
+
+def test_real_cuda_python_without_gpu_is_a_backend_error():
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python not installed")
+    from cuda.bindings import runtime as cudart
+
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) == 0 and count > 0:
+        pytest.skip("a CUDA device is visible here")
+    with pytest.raises(BackendError, match="cudaGetDeviceCount failed"):
+        CudaRuntime(0)
+
+
+def test_pinned_view_bounds():
+    rt = CudaRuntime(0, cudart=FakeCudart())
+    from service.runtime.cuda_rt import PinnedBuffer
+
+    buf = PinnedBuffer(rt, 64)
+    view = buf.view((4, 4), np.float32)
+    view[...] = np.arange(16, dtype=np.float32).reshape(4, 4)
+    np.testing.assert_array_equal(buf.view((16,), np.float32), np.arange(16, dtype=np.float32))
+    with pytest.raises(BackendError, match="pinned buffer too small"):
+        buf.view((5, 4), np.float32)
+    buf.free()
+    assert buf.ptr == 0 and rt.cudart.buffers == {}
 
 
 def _has_cuda() -> bool:
@@ -406,7 +223,9 @@ def test_app_stays_live_but_not_ready_with_mismatched_engines(request, tmp_path_
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     fake_trt = FakeTrt()
     monkeypatch.setattr(trt_backend, "_import_trt", lambda: fake_trt)
-    monkeypatch.setattr(trt_backend, "CudaRuntime", lambda device: CudaRuntime(device, cudart=FakeCudart(cc=(9, 0))))
+    monkeypatch.setattr(
+        trt_backend, "CudaRuntime", lambda device: CudaRuntime(device, cudart=FakeCudart(cc=(9, 0)))
+    )
 
     app = create_app(Settings(bundle=bundle, backend="tensorrt", warmup=False))
     with TestClient(app) as client:
@@ -415,7 +234,23 @@ def test_app_stays_live_but_not_ready_with_mismatched_engines(request, tmp_path_
             time.sleep(0.05)
         assert ready.status_code == 503 and ready.json()["status"] == "failed"
         reason = ready.json()["reason"]
-        assert "refusing TensorRT engines" in reason and "compute capability 8.6" in reason and "build-trt" in reason
+        assert (
+            "refusing TensorRT engines" in reason
+            and "compute capability 8.6" in reason
+            and "build-trt" in reason
+        )
         assert client.get("/healthz").status_code == 200
         assert client.get("/readyz").status_code == 503  # still serving, still not ready
     assert fake_trt.deserialized == []
+
+
+def test_precision_setting(tmp_path):
+    bundle = _bundle(tmp_path)
+    for wanted in (None, "auto", "fp16"):
+        settings = SimpleNamespace(precision=wanted, cuda_device=0)
+        backend = TensorRTBackend(bundle, settings, trt=FakeTrt(), cuda=CudaRuntime(0, cudart=FakeCudart()))
+        assert backend.info.precision == "fp16"
+    with pytest.raises(BackendError, match="fp16 or fp32, not 'bf16'"):
+        TensorRTBackend(
+            bundle, SimpleNamespace(precision="bf16"), trt=FakeTrt(), cuda=CudaRuntime(0, cudart=FakeCudart())
+        )

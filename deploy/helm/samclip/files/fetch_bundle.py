@@ -70,7 +70,10 @@ def main() -> int:
     dest = Path(os.environ.get("BUNDLE_DEST", "/models/bundle"))
     expected = os.environ.get("BUNDLE_SHA256", "").strip().lower()
     timeout = float(os.environ.get("BUNDLE_TIMEOUT_S", "600"))
-    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR", "/tmp")) as tmp:
+    dest.mkdir(parents=True, exist_ok=True)
+    # Work inside `dest` (its own volume): no copy of a multi-GB bundle through /tmp, and the final moves are
+    # renames. The work folder is removed on success and on failure.
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".fetch-") as tmp:
         archive_path = Path(tmp) / "bundle.tar.gz"
         actual = download(url, archive_path, timeout, os.environ.get("BUNDLE_AUTHORIZATION"))
         if expected and actual != expected:
@@ -79,7 +82,6 @@ def main() -> int:
         with tarfile.open(archive_path, "r:gz") as archive:
             archive.extractall(unpacked, members=safe_members(archive))  # noqa: S202 (members vetted above)
         root = bundle_root(unpacked)
-        dest.mkdir(parents=True, exist_ok=True)
         for item in root.iterdir():
             target = dest / item.name
             if target.is_dir():
