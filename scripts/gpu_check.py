@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import os
 import platform
+import signal
 import sys
 import time
 from pathlib import Path
@@ -236,7 +237,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bundle", type=Path, default=None, help="existing bundle (default: export --model)")
     p.add_argument("--model", default="vit_b", help="architecture exported with random weights")
     p.add_argument("--work", type=Path, default=Path("/tmp/samclip_gpu_check"))
-    p.add_argument("--budget-s", type=float, default=450, help="wall-clock budget for all steps")
+    p.add_argument("--budget-s", type=float, default=420, help="wall-clock budget for all steps")
     p.add_argument("--encoder-batches", type=ints, default=[1, 8, 32])
     p.add_argument("--decoder-prompts", type=ints, default=[1, 16, 64])
     p.add_argument("--samples", type=int, default=2, help="images for the parity gates")
@@ -247,6 +248,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def finish(report: dict[str, Any], started: float, out: Path, final: bool) -> bool:
+    """Fill seconds / ratios / summary and (re)write the reports; True when every gate run passed and no
+    step failed. Called after every stage, so a run cut short still leaves its figures behind."""
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["complete"] = final and "interrupted" not in report["steps"]
+    report["ratios"] = ratios(report)
+    steps = report["steps"]
+    gates = [e["result"]["passed"] for n, e in steps.items() if n.endswith(".gates") and e["status"] == "ok"]
+    failed = [n for n, e in steps.items() if e["status"] == "failed"]
+    report["summary"] = {"gates_run": len(gates), "gates_passed": sum(gates), "failed_steps": failed}
+    paths = write_reports(report, out)
+    if final:
+        print("wrote", *paths, sep="\n  ")
+        print(json.dumps(report["summary"]))
+    return not failed and all(gates)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started, budget = time.perf_counter(), Budget(args.budget_s)
@@ -255,46 +277,44 @@ def main(argv: list[str] | None = None) -> int:
         "args": vars(args),
         "steps": {},
     }
-    env = step(report, "environment", environment) or {
-        "torch": "?",
-        "torch_cuda": None,
-        "onnxruntime": "?",
-        "onnxruntime_providers": [],
-        "tensorrt": "?",
-    }
-    report["environment"] = env
+    report["environment"] = step(report, "environment", environment) or {
+        "torch": "?", "torch_cuda": None, "onnxruntime": "?", "onnxruntime_providers": [], "tensorrt": "?",
+    }  # fmt: skip
+    env = report["environment"]
     specs = gpu_backends(env, args.allow_cpu) if "cuda_available" in env else {}
-    args.work.mkdir(parents=True, exist_ok=True)
-    bundle = step(report, "bundle", make_bundle, args, args.work, budget)
-    report["bundle"] = bundle
-    if bundle:
-        path = Path(bundle["path"])
-        wanted = [b for b in args.backends.split(",") if b in specs]
-        if any(specs[b]["available"] for b in wanted):
-            from service.bundle import Bundle
+    previous = signal.signal(signal.SIGTERM, _terminate)  # `timeout` -> still write what was measured
+    try:
+        args.work.mkdir(parents=True, exist_ok=True)
+        report["bundle"] = step(report, "bundle", make_bundle, args, args.work, budget)
+        finish(report, started, args.out, final=False)
+        if report["bundle"]:
+            run_backends(Path(report["bundle"]["path"]), specs, args, budget, report, started)
+    except SystemExit as exc:
+        report["steps"]["interrupted"] = {"status": "failed", "error": str(exc)}
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return 0 if finish(report, started, args.out, final=True) else 1
 
-            step(report, "cpu_reference.bench", bench_cpu_reference, Bundle.load(path), budget)
-        if "tensorrt" in wanted and specs["tensorrt"]["available"]:
-            if step(report, "tensorrt.build", build_trt, path, args, budget) is None:
-                specs["tensorrt"] = {**specs["tensorrt"], "available": False, "reason": "engine build failed"}
-        for name in wanted:
-            check_backend(name, specs[name], path, args, budget, report)
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    report["ratios"] = ratios(report)
-    gates = [
-        e["result"]["passed"]
-        for n, e in report["steps"].items()
-        if n.endswith(".gates") and e["status"] == "ok"
-    ]
-    report["summary"] = {
-        "gates_run": len(gates),
-        "gates_passed": sum(gates),
-        "failed_steps": [n for n, e in report["steps"].items() if e["status"] == "failed"],
-    }
-    for path in write_reports(report, args.out):
-        print("wrote", path)
-    print(json.dumps(report["summary"]))
-    return 0 if not report["summary"]["failed_steps"] and all(gates) else 1
+
+def run_backends(
+    path: Path,
+    specs: dict[str, Any],
+    args: argparse.Namespace,
+    budget: Budget,
+    report: dict[str, Any],
+    started: float,
+) -> None:
+    wanted = [b for b in args.backends.split(",") if b in specs]
+    if any(specs[b]["available"] for b in wanted):
+        from service.bundle import Bundle
+
+        step(report, "cpu_reference.bench", bench_cpu_reference, Bundle.load(path), budget)
+    if "tensorrt" in wanted and specs["tensorrt"]["available"]:
+        if step(report, "tensorrt.build", build_trt, path, args, budget) is None:
+            specs["tensorrt"] = {**specs["tensorrt"], "available": False, "reason": "engine build failed"}
+    for name in wanted:
+        check_backend(name, specs[name], path, args, budget, report)
+        finish(report, started, args.out, final=False)
 
 
 if __name__ == "__main__":

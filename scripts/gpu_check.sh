@@ -14,4 +14,4 @@ if ! "$PY" -c "import fastapi, pydantic_settings, multipart, pycocotools, ftfy" 
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-exec timeout 470 "$PY" scripts/gpu_check.py --budget-s "${GPU_CHECK_BUDGET_S:-430}" "$@"
+exec timeout -k 15 455 "$PY" scripts/gpu_check.py --budget-s "${GPU_CHECK_BUDGET_S:-420}" "$@"

@@ -32,7 +32,7 @@ from training.demo_report import evaluate_all, write_report
 from training.demo_teachers import train_clip_teacher, train_sam_teacher
 from training.train import run_stage
 
-TEACHER_STEPS = {"sam": 900, "clip": 500}
+TEACHER_STEPS = {"sam": 700, "clip": 250}
 DATA = {"train": 1500, "held_sa": 80, "held_cls": 40, "held_seg": 80}
 
 
@@ -97,12 +97,12 @@ def merge(out: Path, data: Path, teachers: dict[str, Path], scale: float, procs:
 
 def _sam_job(data: Path, out: Path, steps: int) -> Path:
     torch.set_num_threads(1)
-    return train_sam_teacher(data, out, "demo", steps, 8, 1e-3, 0)
+    return train_sam_teacher(data, out, "demo", steps, 8, 1.5e-3, 0)
 
 
 def _clip_job(data: Path, out: Path, steps: int) -> tuple[Path, Path]:
     torch.set_num_threads(1)
-    return train_clip_teacher(data, out, "demo", steps, 12, 1e-3, 0)
+    return train_clip_teacher(data, out, "demo", steps, 12, 2e-3, 0)
 
 
 def train_teachers(data: Path, out: Path, steps: dict[str, int]) -> dict[str, Path]:

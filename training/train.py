@@ -99,6 +99,14 @@ def _save_state(path: Path, student, optim, step: int) -> None:
     os.replace(tmp, path)
 
 
+def _ranks_agree(model: torch.nn.Module) -> bool:
+    """DDP sanity check: every rank holds the same weights (float64 checksum of all parameters)."""
+    local = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
 def _resume(path: Path, student, optim) -> int:
     if not path.is_file():
         return 0
@@ -147,7 +155,9 @@ def run_stage(cfg: TrainConfig, stage_name: str, out: Path, init: str | None = N
         if rank == 0 and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0:
             _save_state(out / "state.pt", student, optim, step + 1)
     ckpt = out / "samclip.safetensors"
+    in_sync = _ranks_agree(student) if world > 1 else True
     if rank == 0:
+        log.write(json.dumps({"stage": stage_name, "done": True, "world": world, "params_in_sync": in_sync}) + "\n")
         _save_state(out / "state.pt", student, optim, stage.steps)
         extra = {"stage": stage_name, "steps": stage.steps, "stage_config": dataclasses.asdict(stage), "init": init}
         save_samclip(student.eval(), ckpt, extra_metadata=extra)

@@ -1,0 +1,107 @@
+"""Smoke test of benchmarks/service_latency.py: the real script, a real server subprocess, the tiny bundle.
+
+Only checks that one run produces every figure with a sane value; nothing is asserted on speed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "service_latency.py"
+
+POSITIVE_MS = [
+    "cold_ms",
+    "cached_prompt_ms",
+    "embed_ms",
+    "refine_new_image_ms",
+    "encoder_stage_embed_ms",
+    "encoder_stage_refine_ms",
+    "text_miss_stage_ms",
+    "text_miss_request_ms",
+    "text_hit_request_ms",
+    "overhead_cached_ms",
+    "overhead_cold_ms",
+    "decoder_cached_ms",
+    "postprocess_cached_ms",
+    "transport_cached_ms",
+    "decode_cold_ms",
+    "preprocess_cold_ms",
+    "postprocess_cold_ms",
+    "transport_cold_ms",
+    "cached_over_cold",
+    "cold_over_cached",
+    "refine_over_embed",
+    "overhead_cold_fraction",
+]
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, str]:
+    out = tmp_path_factory.mktemp("service_latency") / "result.json"
+    cmd = [sys.executable, str(SCRIPT), "--bundle", str(tiny_bundle), "--repeats", "1"]
+    cmd += ["--cached-repeats", "2", "--width", "600", "--height", "400", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_json_has_every_field_with_sane_values(bench: tuple[dict, str]) -> None:
+    result, _ = bench
+    for key in POSITIVE_MS:
+        value = result[key]
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, (key, value)
+    assert result["model"] == "tiny" and result["backend"] == "onnxruntime"
+    assert result["repeats"] == 1 and result["cached_repeats"] == 2 and len(result["cold_ms_all"]) == 1
+    assert result["image"] == "600x400 JPEG"
+    assert result["queue_cold_ms"] >= 0 and isinstance(result["text_miss_cost_ms"], float)
+    # one encoder pass per new image on refine (read from the server's /metrics counter)
+    assert result["encoder_runs_per_refine"] == 1.0
+    # derived figures are consistent with the medians they come from
+    assert result["cached_over_cold"] == pytest.approx(result["cached_prompt_ms"] / result["cold_ms"])
+    assert result["refine_over_embed"] == pytest.approx(result["refine_new_image_ms"] / result["embed_ms"])
+    assert result["overhead_cached_ms"] <= result["cached_prompt_ms"]
+    assert result["overhead_cold_ms"] <= result["cold_ms"]
+    assert result["overhead_cold_fraction"] <= 1.0
+
+
+def test_prints_the_table(bench: tuple[dict, str]) -> None:
+    _, stdout = bench
+    assert "cold /segment/prompt" in stdout and "refine/embed" in stdout and "ratio to cold" in stdout
+
+
+def _module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("service_latency", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_parse_server_timing_reads_stages_and_cache() -> None:
+    header = (
+        'decode;dur=1.50, encoder;dur=300.25, decoder;dur=4, decoder;dur=1, cache;desc="miss", total;dur=320'
+    )
+    stages, cache = _module().parse_server_timing(header)
+    assert cache == "miss"
+    assert stages == {"decode": 1.5, "encoder": 300.25, "decoder": 5.0, "total": 320.0}
+
+
+def test_generated_images_are_distinct_jpegs_of_the_asked_size() -> None:
+    import io
+
+    from PIL import Image
+
+    module = _module()
+    a, b = module.make_jpeg(0, 150, 100), module.make_jpeg(1, 150, 100)
+    assert a != b and a == module.make_jpeg(0, 150, 100)
+    with Image.open(io.BytesIO(a)) as img:
+        assert img.format == "JPEG" and img.size == (150, 100)
