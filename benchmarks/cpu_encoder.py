@@ -104,9 +104,9 @@ def make_variants(bundle: Path, calib: int, parity_samples: int) -> dict[str, An
     have = {e["name"] for v in (manifest.get("variants") or {}).values() for e in v}
     out = {}
     for name, target, attention in (
-        ("int8-qdq-attn", "openvino-int8", True),
         ("int8-qdq", "openvino-int8", False),
         ("int8-dynamic", "ort-int8", False),
+        ("int8-qdq-attn", "openvino-int8", True),
     ):
         if name in have:
             continue

@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,10 @@ def weight_matmuls(onnx_path: Path) -> tuple[list[str], list[str]]:
     return weighted, other
 
 
-def calibrate_minmax(src: Path, feeds: list[dict[str, np.ndarray]], out_json: Path) -> int:
-    """Min/max of every float input/output of every MatMul/Gemm over `feeds`, saved as an onnxruntime
+def calibrate_minmax(
+    src: Path, feeds: list[dict[str, np.ndarray]], out_json: Path, nodes: list[str] | None = None
+) -> int:
+    """Min/max of every float input of the MatMul/Gemm `nodes` (default all) over `feeds`, saved as an onnxruntime
     calibration cache (`quantize_static(calibration_cache_path=...)`); returns how many tensors.
 
     ORT's own calibrator runs the augmented model with every graph optimisation off and its memory arena on,
@@ -97,12 +100,9 @@ def calibrate_minmax(src: Path, feeds: list[dict[str, np.ndarray]], out_json: Pa
     consts = {i.name for i in model.graph.initializer}
     consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     int_inputs = {i.name for i in model.graph.input if i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT}
-    tensors = sorted(
-        {t for n in model.graph.node if n.op_type in ("MatMul", "Gemm") for t in (*n.input, *n.output)}
-        - consts
-        - int_inputs
-        - {""}
-    )
+    matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
+    chosen = [n for n in matmuls if nodes is None or n.name in nodes]
+    tensors = sorted({t for n in chosen for t in n.input} - consts - int_inputs - {""})
     index = {name: i for i, name in enumerate(tensors)}
 
     def reducers(name: str) -> list[Any]:  # right after the producer, so big activations die early
@@ -127,8 +127,10 @@ def calibrate_minmax(src: Path, feeds: list[dict[str, np.ndarray]], out_json: Pa
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.enable_cpu_mem_arena = False
-    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    del model
+    with tempfile.TemporaryDirectory() as tmp:  # from a file: no second in-memory copy of the weights
+        onnx.save(model, f"{tmp}/augmented.onnx")
+        del model
+        session = ort.InferenceSession(f"{tmp}/augmented.onnx", opts, providers=["CPUExecutionProvider"])
     outputs = [f"calib_{op}_{i}" for i in range(len(tensors)) for op in ("ReduceMin", "ReduceMax")]
     lo = np.full(len(tensors), np.inf, np.float32)
     hi = np.full(len(tensors), -np.inf, np.float32)
@@ -172,7 +174,7 @@ def quantize_graph(
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, nodes_to_quantize=chosen)
         return len(chosen)
     cache = dst.with_suffix(".calib.json")
-    calibrate_minmax(src, feeds or [], cache)
+    calibrate_minmax(src, feeds or [], cache, chosen)
     quantize_static(
         src,
         dst,

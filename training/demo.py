@@ -30,7 +30,6 @@ from training.config import load_train_config
 from training.data.shapes import write_imagefolder, write_sa1b, write_semseg
 from training.demo_report import evaluate_all, write_report
 from training.demo_teachers import train_clip_teacher, train_sam_teacher
-from training.train import run_stage
 
 TEACHER_STEPS = {"sam": 700, "clip": 250}
 DATA = {"train": 1500, "held_sa": 80, "held_cls": 40, "held_seg": 80}
@@ -87,7 +86,13 @@ def merge(out: Path, data: Path, teachers: dict[str, Path], scale: float, procs:
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     ckpts, init = {}, []
     for name in ("1", "2", "3"):
-        run = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={procs}", f"--master_port={_free_port()}"]
+        run = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            f"--nproc_per_node={procs}",
+            f"--master_port={_free_port()}",
+        ]
         args = ["-m", "training.train", "--config", str(out / "config.json"), "--stage", name]
         subprocess.run([*run, *args, "--out", str(out / f"stage{name}"), *init], check=True)
         ckpts[name] = out / f"stage{name}" / "samclip.safetensors"
@@ -116,8 +121,43 @@ def train_teachers(data: Path, out: Path, steps: dict[str, int]) -> dict[str, Pa
 
 
 def export(ckpt: Path, bundle: Path) -> None:
-    cmd = [sys.executable, "-m", "model_export", "export", "--model", "demo", "--samclip-checkpoint", str(ckpt)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "model_export",
+        "export",
+        "--model",
+        "demo",
+        "--samclip-checkpoint",
+        str(ckpt),
+    ]
     subprocess.run([*cmd, "--out", str(bundle), "--no-progress"], check=True)
+
+
+def _paths(out: Path) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path]]:
+    """Data, teacher and checkpoint paths of a finished run in `out` (for --eval-only)."""
+    d = out / "data"
+    data = {
+        "train": d / "train_sa",
+        "held_sa": d / "heldout_sa",
+        "held_cls": d / "heldout_cls",
+        "held_seg": d / "heldout_seg",
+    }
+    t = out / "teachers"
+    teachers = {
+        "sam": t / "sam_demo.safetensors",
+        "clip_config": t / "demo-clip.json",
+        "clip": t / "demo_clip.safetensors",
+    }
+    ckpts = {k: out / "merge" / f"stage{k}" / "samclip.safetensors" for k in ("1", "2", "3")}
+    return data, teachers, ckpts
+
+
+def _finish(out: Path, results: dict, timing: dict) -> None:
+    results["timing"] = timing
+    (out / "report.json").write_text(json.dumps(results, indent=2))
+    write_report(results, out / "REPORT.md")
+    print(f"[demo] done in {timing['total_wall_s']} s; report: {out / 'REPORT.md'}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,22 +166,33 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiply all step counts (smoke runs: 0.02)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     p.add_argument("--procs", type=int, default=2, help="DDP processes for the merge stages (one per core)")
+    p.add_argument(
+        "--eval-only", action="store_true", help="re-run the evaluation of a finished run in --out"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     out, clock, scale = args.out, Clock(), args.scale
     out.mkdir(parents=True, exist_ok=True)
+    if args.eval_only:
+        data, teachers, ckpts = _paths(out)
+        results = clock.run("eval", evaluate_all, out, data, teachers, ckpts)
+        old = (
+            json.loads((out / "report.json").read_text())["timing"] if (out / "report.json").is_file() else {}
+        )
+        results["steps"] = json.loads((out / "report.json").read_text()).get("steps") if old else None
+        return _finish(
+            out, results, old or {"total_wall_s": None, "phases": clock.phases, "procs": args.procs}
+        )
     data = clock.run("data", make_data, out / "data", scale)
     steps = {k: max(2, int(v * scale)) for k, v in TEACHER_STEPS.items()}
     teachers = clock.run("teachers", train_teachers, data["train"], out / "teachers", steps)
     ckpts = clock.run("merge", merge, out / "merge", data["train"], teachers, scale, args.procs)
     clock.run("export", export, ckpts["3"], out / "bundle")
     results = clock.run("eval", evaluate_all, out, data, teachers, ckpts)
-    results["timing"] = {"total_wall_s": round(time.time() - clock.t0, 1), "phases": clock.phases, "procs": args.procs}
     results["steps"] = {"teachers": steps, "scale": scale}
-    (out / "report.json").write_text(json.dumps(results, indent=2))
-    write_report(results, out / "REPORT.md")
-    print(f"[demo] done in {results['timing']['total_wall_s']} s; report: {out / 'REPORT.md'}", flush=True)
+    timing = {"total_wall_s": round(time.time() - clock.t0, 1), "phases": clock.phases, "procs": args.procs}
+    _finish(out, results, timing)
 
 
 if __name__ == "__main__":

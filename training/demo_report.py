@@ -15,7 +15,7 @@ from training.eval import tasks
 from training.eval.__main__ import samclip_runner
 from training.eval.metrics import binary_iou
 from training.eval.runner import SamClipRunner
-from training.eval.templates import class_embeddings, tokenize
+from training.eval.templates import class_embeddings
 from training.interpolate import interpolate
 from training.teachers import load_clip_teacher
 
@@ -24,11 +24,11 @@ ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 @torch.no_grad()
 def text_vs_background(runner: SamClipRunner, data: Path) -> dict:
-    """The service's /segment?text= rule on held-out scenes: per patch, the raw text ("red circle") against
-    "background"; the text wins -> foreground; logits upscaled bilinearly to the image. IoU with the GT mask
-    of that class, for every class present in every image."""
+    """The service's /segment?text= rule (service/pipeline/textseg.py) on held-out scenes: template-ensembled
+    text ("red circle") against template-ensembled "background" per patch; logits upscaled bilinearly; the text
+    wins -> foreground. IoU with the GT mask of that class, for every class present in every image."""
     classes = json.loads((data / "classes.json").read_text())
-    text = runner.model.text_encoder(tokenize([*classes, "background"]))
+    text = runner.text_classes([*classes, "background"])
     ious = []
     for img_path in list_images(data / "images"):
         image = np.asarray(Image.open(img_path).convert("RGB"))
@@ -56,11 +56,17 @@ def teacher_clip_top1(cfg_path: Path, weights: Path, data: Path) -> float:
 def merged_figures(ckpt: Path, data: dict[str, Path]) -> dict:
     r = samclip_runner(str(ckpt))
     inst = tasks.instseg(r, data["held_sa"])
-    return {"top1": tasks.classify(r.clip_images, r.text_classes, data["held_cls"])["top1"], "box_miou": inst["box_miou"], "ap": inst["ap"]}
+    return {
+        "top1": tasks.classify(r.clip_images, r.text_classes, data["held_cls"])["top1"],
+        "box_miou": inst["box_miou"],
+        "ap": inst["ap"],
+    }
 
 
 def evaluate_all(out: Path, data: dict[str, Path], teachers: dict[str, Path], ckpts: dict) -> dict:
-    res: dict = {"teacher_clip_top1": teacher_clip_top1(teachers["clip_config"], teachers["clip"], data["held_cls"])}
+    res: dict = {
+        "teacher_clip_top1": teacher_clip_top1(teachers["clip_config"], teachers["clip"], data["held_cls"])
+    }
     sam_inst = tasks.instseg(samclip_runner(sam_checkpoint=str(teachers["sam"])), data["held_sa"])
     res["teacher_sam"] = {"box_miou": sam_inst["box_miou"], "ap": sam_inst["ap"], "ap50": sam_inst["ap50"]}
     res["merged"] = merged_figures(ckpts["3"], data)
@@ -110,7 +116,7 @@ def write_report(res: dict, path: Path) -> None:
         f"| CLIP head only | 128px | {_pct(se['clip_head_128'])} |",
         f"| CLIP+SAM heads (refine) | 128px (1024px-equivalent) | {_pct(se['refine_128'])} |",
         "",
-        f"Service rule (`/segment?text=` text vs \"background\" per patch) on held-out scenes: mean IoU "
+        f'Service rule (`/segment?text=` text vs "background" per patch) on held-out scenes: mean IoU '
         f"{_pct(res['text_vs_background']['mean_iou'])}%, IoU >= 0.7 for "
         f"{_pct(res['text_vs_background']['frac_iou_ge_0.7'])}% of {res['text_vs_background']['n']} objects.",
         "",
@@ -118,7 +124,10 @@ def write_report(res: dict, path: Path) -> None:
         "",
         "| alpha | 0-shot top-1 (%) | box-prompt mIoU (%) | mask AP |",
         "|---|---|---|---|",
-        *[f"| {c['alpha']} | {_pct(c['top1'])} | {_pct(c['box_miou'])} | {_pct(c['ap'])} |" for c in res["wise_ft"]],
+        *[
+            f"| {c['alpha']} | {_pct(c['top1'])} | {_pct(c['box_miou'])} | {_pct(c['ap'])} |"
+            for c in res["wise_ft"]
+        ],
         "",
         "## Time",
         "",

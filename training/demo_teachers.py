@@ -33,7 +33,9 @@ from training.sam_ops import batch_prompts, decode_all, lowres_targets
 from training.train import lr_factor
 
 
-def train_sam_teacher(data: Path, out: Path, model: str, steps: int, batch: int, lr: float, seed: int) -> Path:
+def train_sam_teacher(
+    data: Path, out: Path, model: str, steps: int, batch: int, lr: float, seed: int
+) -> Path:
     """Train a SAM of architecture `model` on SA-1B-style `data`; returns the SAM-layout safetensors path."""
     torch.manual_seed(seed)
     sam = build_model(model, seed=seed).train()
@@ -60,7 +62,9 @@ def train_sam_teacher(data: Path, out: Path, model: str, steps: int, batch: int,
             log.write(json.dumps({"step": step, "loss": loss.item()}) + "\n")
     log.close()
     path = out / "sam_demo.safetensors"
-    save_file({k: v.contiguous() for k, v in sam.state_dict().items() if k.startswith(SAM_PREFIXES)}, str(path))
+    save_file(
+        {k: v.contiguous() for k, v in sam.state_dict().items() if k.startswith(SAM_PREFIXES)}, str(path)
+    )
     return path
 
 
@@ -70,7 +74,14 @@ def clip_model_config(model: str) -> dict:
 
     t = load_config(model).text
     vision = {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32}
-    text = {"context_length": t.context_length, "vocab_size": t.vocab_size, "width": t.width, "heads": t.heads, "layers": t.layers, "mlp_ratio": t.mlp_ratio}
+    text = {
+        "context_length": t.context_length,
+        "vocab_size": t.vocab_size,
+        "width": t.width,
+        "heads": t.heads,
+        "layers": t.layers,
+        "mlp_ratio": t.mlp_ratio,
+    }
     return {"embed_dim": t.embed_dim, "vision_cfg": vision, "text_cfg": text}
 
 
@@ -95,7 +106,9 @@ def clip_batch(ds: SA1BDataset, idx: list[int], rng: random.Random, size: int):
             key = f"{color} {shape}" if rng.random() < 0.75 else shape
             images.append(crop), caps.append(_say(rng, key)), keys.append(key)
             accept.append({f"{color} {shape}", shape}), cls.append(CLASSES.index(f"{color} {shape}"))
-        scene = torch.nn.functional.interpolate(item["image"][None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
+        scene = torch.nn.functional.interpolate(
+            item["image"][None].float(), size=(size, size), mode="bilinear", antialias=True
+        )[0]
         if len(meta) == 1:
             key = f"{meta[0][0]} {meta[0][1]}"
             acc, c = {key, meta[0][1]}, CLASSES.index(key)
@@ -105,13 +118,21 @@ def clip_batch(ds: SA1BDataset, idx: list[int], rng: random.Random, size: int):
         images.append(scene.round().to(torch.uint8)), caps.append(_say(rng, key)), keys.append(key)
         accept.append(acc), cls.append(c)
         back = remove_objects(item["image"], masks)
-        back = torch.nn.functional.interpolate(back[None].float(), size=(size, size), mode="bilinear", antialias=True)[0]
-        images.append(back.round().to(torch.uint8)), caps.append(_say(rng, "background")), keys.append("background")
+        back = torch.nn.functional.interpolate(
+            back[None].float(), size=(size, size), mode="bilinear", antialias=True
+        )[0]
+        (
+            images.append(back.round().to(torch.uint8)),
+            caps.append(_say(rng, "background")),
+            keys.append("background"),
+        )
         accept.append({"background"}), cls.append(bg)
     return torch.stack(images), caps, accept, keys, torch.tensor(cls)
 
 
-def train_clip_teacher(data: Path, out: Path, model: str, steps: int, images_per_step: int, lr: float, seed: int):
+def train_clip_teacher(
+    data: Path, out: Path, model: str, steps: int, images_per_step: int, lr: float, seed: int
+):
     """Train the tiny OpenCLIP teacher; returns (model config JSON path, weights path)."""
     from training.teachers import ClipTeacher
 

@@ -14,7 +14,9 @@ import torch
 from model_export.checkpoint import CheckpointError, load_samclip, save_samclip
 
 
-def interpolate_state(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+def interpolate_state(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], alpha: float
+) -> dict[str, torch.Tensor]:
     """Per-tensor (1 - alpha) * a + alpha * b; keys and shapes must match."""
     if set(a) != set(b):
         raise CheckpointError(f"checkpoints differ in keys: {sorted(set(a) ^ set(b))[:6]}")
@@ -35,7 +37,15 @@ def interpolate(a: str | Path, b: str | Path, alpha: float, out: str | Path) -> 
     model_a, meta_a = load_samclip(a)
     model_b, meta_b = load_samclip(b, model_a.config)
     model_b.load_state_dict(interpolate_state(model_a.state_dict(), model_b.state_dict(), alpha))
-    extra = {"wise_ft": {"alpha": alpha, "a": str(a), "a_sha256": meta_a["sha256"], "b": str(b), "b_sha256": meta_b["sha256"]}}
+    extra = {
+        "wise_ft": {
+            "alpha": alpha,
+            "a": str(a),
+            "a_sha256": meta_a["sha256"],
+            "b": str(b),
+            "b_sha256": meta_b["sha256"],
+        }
+    }
     return save_samclip(model_b, out, extra_metadata=extra)
 
 

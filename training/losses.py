@@ -35,7 +35,10 @@ def mask_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def sam_distill_loss(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, student_iou: torch.Tensor, teacher_iou: torch.Tensor
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    student_iou: torch.Tensor,
+    teacher_iou: torch.Tensor,
 ) -> torch.Tensor:
     """SAM self-distillation: student masks vs the frozen teacher's masks for the same prompts.
 
@@ -72,7 +75,9 @@ def sam_supervised_loss(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.
     return loss + F.mse_loss(iou_pred.float(), actual)
 
 
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE for (B, D) image and (B, D) text embeddings with a (B, B) bool matrix `pos`
     (pos[i, j]: text j truly describes image i; the diagonal must be True), averaged over positives."""
     logits = scale * image.float() @ text.float().t()

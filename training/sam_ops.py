@@ -72,7 +72,9 @@ def sample_prompts(masks: torch.Tensor, kind: str, grid: int, gen: torch.Generat
     return Prompts(kind, points=(coords, labels), mask_input=coarse_mask_logits(masks, grid, scale))
 
 
-def decode_all(sam: torch.nn.Module, emb: torch.Tensor, prompts: Prompts) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_all(
+    sam: torch.nn.Module, emb: torch.Tensor, prompts: Prompts
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All four decoder outputs for one image: emb (1, C, h, w) -> logits (K, 4, 4h, 4w), iou (K, 4).
 
     `sam` has .prompt_encoder and .mask_decoder (a SamClip or a SamTeacher)."""

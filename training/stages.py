@@ -45,7 +45,9 @@ def set_trainable(model: nn.Module, stage: StageConfig) -> list[dict]:
 
 
 @torch.no_grad()
-def dense_targets(teacher: ClipTeacher, images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, grid: int):
+def dense_targets(
+    teacher: ClipTeacher, images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, grid: int
+):
     """Per-patch CLIP targets from the teacher: each patch's target is the coverage-weighted mix of the
     teacher embeddings of the instance crops covering it and of the object-free image (background).
 
@@ -55,7 +57,9 @@ def dense_targets(teacher: ClipTeacher, images: torch.Tensor, masks: torch.Tenso
         m = masks[b][valid[b]]
         crops = instance_crops(images[b], m, teacher.image_size)
         size = (teacher.image_size, teacher.image_size)
-        bg = F.interpolate(remove_objects(images[b], m)[None].float(), size=size, mode="bilinear", antialias=True)
+        bg = F.interpolate(
+            remove_objects(images[b], m)[None].float(), size=size, mode="bilinear", antialias=True
+        )
         emb = teacher.encode_image(torch.cat([crops.float(), bg]))
         cov = patch_coverage(m, grid)
         cov = torch.cat([cov, (1 - cov.sum(0, keepdim=True)).clamp_min(0)])
@@ -67,10 +71,19 @@ class MergeObjective(nn.Module):
     """forward(clip_images, sam) -> (total loss, {name: detached loss}); student + frozen teachers."""
 
     def __init__(
-        self, student: nn.Module, clip_teacher: ClipTeacher, sam_teacher: SamTeacher | None, stage: StageConfig
+        self,
+        student: nn.Module,
+        clip_teacher: ClipTeacher,
+        sam_teacher: SamTeacher | None,
+        stage: StageConfig,
     ) -> None:
         super().__init__()
-        self.student, self.clip_teacher, self.sam_teacher, self.stage = student, clip_teacher, sam_teacher, stage
+        self.student, self.clip_teacher, self.sam_teacher, self.stage = (
+            student,
+            clip_teacher,
+            sam_teacher,
+            stage,
+        )
         self.encoder_frozen = stage.train != "all"
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,7 +96,9 @@ class MergeObjective(nn.Module):
         _, tokens = self.encode(images)
         return cosine_distill_loss(self.student.clip_head(tokens)[0], target)
 
-    def sam_loss(self, emb: torch.Tensor, images: torch.Tensor, sam: dict, gen: torch.Generator) -> torch.Tensor:
+    def sam_loss(
+        self, emb: torch.Tensor, images: torch.Tensor, sam: dict, gen: torch.Generator
+    ) -> torch.Tensor:
         with torch.no_grad():
             t_emb, _ = self.sam_teacher.image_encoder(self.student.normalize(images))
         losses = []
@@ -109,7 +124,9 @@ class MergeObjective(nn.Module):
                 total = total + st.sam_weight * logs["sam"]
             if st.dense_weight > 0:
                 n = st.dense_batch or images.shape[0]
-                target = dense_targets(self.clip_teacher, images[:n], sam["masks"][:n], sam["valid"][:n], emb.shape[-1])
+                target = dense_targets(
+                    self.clip_teacher, images[:n], sam["masks"][:n], sam["valid"][:n], emb.shape[-1]
+                )
                 dense = self.student.clip_head(tokens[:n])[1]
                 logs["dense"] = dense_distill_loss(dense, target, torch.ones(target.shape[:3]))
                 total = total + st.dense_weight * logs["dense"]

@@ -47,7 +47,9 @@ class ClipTeacher(nn.Module):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float()
         if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+            x = F.interpolate(
+                x, size=(self.image_size,) * 2, mode="bilinear", align_corners=False, antialias=True
+            )
         return (x - self.mean) / self.std
 
     @torch.no_grad()

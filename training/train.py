@@ -80,7 +80,9 @@ def _loaders(cfg: TrainConfig, stage, rank: int, world: int, image_size: int):
         ds = ImageFolderImages(cfg.clip_images, seed=cfg.seed + rank)
         clip = make_loader(ds, stage.clip_batch, stage.clip_resolutions, cfg.seed, rank, world)
     if stage.sam_batch > 0:
-        ds = SA1BDataset(cfg.sam_data, stage.sam_resolution or image_size, stage.masks_per_image, cfg.seed + rank)
+        ds = SA1BDataset(
+            cfg.sam_data, stage.sam_resolution or image_size, stage.masks_per_image, cfg.seed + rank
+        )
         sam = make_loader(ds, stage.sam_batch, (ds.size,), cfg.seed + 1, rank, world)
     return clip, sam
 
@@ -116,7 +118,9 @@ def _resume(path: Path, student, optim) -> int:
     return int(state["step"])
 
 
-def run_stage(cfg: TrainConfig, stage_name: str, out: Path, init: str | None = None, resume: bool = False) -> Path:
+def run_stage(
+    cfg: TrainConfig, stage_name: str, out: Path, init: str | None = None, resume: bool = False
+) -> Path:
     """Train one stage and return the path of the written SAM-CLIP checkpoint."""
     rank, world, device = init_distributed()
     if cfg.threads:
@@ -135,7 +139,13 @@ def run_stage(cfg: TrainConfig, stage_name: str, out: Path, init: str | None = N
     clip_it, sam_it = _loaders(cfg, stage, rank, world, student.config.image_size)
     amp = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
     log = open(out / "log.jsonl", "a") if rank == 0 else None  # noqa: SIM115
-    bar = tqdm(range(start, stage.steps), initial=start, total=stage.steps, disable=rank != 0, desc=f"stage {stage_name}")
+    bar = tqdm(
+        range(start, stage.steps),
+        initial=start,
+        total=stage.steps,
+        disable=rank != 0,
+        desc=f"stage {stage_name}",
+    )
     t0 = time.time()
     for step in bar:
         for g, base in zip(optim.param_groups, groups, strict=True):
@@ -148,7 +158,13 @@ def run_stage(cfg: TrainConfig, stage_name: str, out: Path, init: str | None = N
         loss.backward()
         optim.step()
         if rank == 0 and (step % cfg.log_every == 0 or step == stage.steps - 1):
-            rec = {"stage": stage_name, "step": step, "loss": loss.item(), **logs, "time_s": round(time.time() - t0, 2)}
+            rec = {
+                "stage": stage_name,
+                "step": step,
+                "loss": loss.item(),
+                **logs,
+                "time_s": round(time.time() - t0, 2),
+            }
             log.write(json.dumps(rec) + "\n")
             log.flush()
             bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
@@ -157,9 +173,16 @@ def run_stage(cfg: TrainConfig, stage_name: str, out: Path, init: str | None = N
     ckpt = out / "samclip.safetensors"
     in_sync = _ranks_agree(student) if world > 1 else True
     if rank == 0:
-        log.write(json.dumps({"stage": stage_name, "done": True, "world": world, "params_in_sync": in_sync}) + "\n")
+        log.write(
+            json.dumps({"stage": stage_name, "done": True, "world": world, "params_in_sync": in_sync}) + "\n"
+        )
         _save_state(out / "state.pt", student, optim, stage.steps)
-        extra = {"stage": stage_name, "steps": stage.steps, "stage_config": dataclasses.asdict(stage), "init": init}
+        extra = {
+            "stage": stage_name,
+            "steps": stage.steps,
+            "stage_config": dataclasses.asdict(stage),
+            "init": init,
+        }
         save_samclip(student.eval(), ckpt, extra_metadata=extra)
         log.close()
     if world > 1:
@@ -171,7 +194,11 @@ def _overrides(cfg: TrainConfig, args: argparse.Namespace) -> TrainConfig:
     kw = {k: getattr(args, k) for k in ("clip_images", "sam_data") if getattr(args, k)}
     if args.bf16:
         kw["bf16"] = True
-    teacher = {k: getattr(args, k) for k in ("sam_checkpoint", "clip_pretrained", "clip_model_config") if getattr(args, k)}
+    teacher = {
+        k: getattr(args, k)
+        for k in ("sam_checkpoint", "clip_pretrained", "clip_model_config")
+        if getattr(args, k)
+    }
     if teacher:
         kw["teacher"] = dataclasses.replace(cfg.teacher, **teacher)
     if args.steps:

@@ -24,8 +24,21 @@ def _port() -> int:
 def test_torchrun_two_cpu_processes(test_config, tmp_path):
     cfg = test_config.replace(stages={"2": dataclasses.replace(test_config.stage("2"), steps=3)})
     (tmp_path / "cfg.json").write_text(json.dumps(dataclasses.asdict(cfg)))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_port()}",
-           "-m", "training.train", "--config", str(tmp_path / "cfg.json"), "--stage", "2", "--out", str(tmp_path / "out")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        f"--master_port={_port()}",
+        "-m",
+        "training.train",
+        "--config",
+        str(tmp_path / "cfg.json"),
+        "--stage",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -49,9 +49,23 @@ def _toy_coco() -> COCO:
         rle = mask_utils.encode(np.asfortranarray(m))
         rle["counts"] = rle["counts"].decode()
         x, y, w, h = mask_utils.toBbox(rle).tolist()
-        anns.append({"id": i + 1, "image_id": 1, "category_id": 1, "segmentation": rle, "area": int(m.sum()), "bbox": [x, y, w, h], "iscrowd": 0})
+        anns.append(
+            {
+                "id": i + 1,
+                "image_id": 1,
+                "category_id": 1,
+                "segmentation": rle,
+                "area": int(m.sum()),
+                "bbox": [x, y, w, h],
+                "iscrowd": 0,
+            }
+        )
     coco = COCO()
-    coco.dataset = {"images": [{"id": 1, "width": 20, "height": 20}], "annotations": anns, "categories": [{"id": 1, "name": "x"}]}
+    coco.dataset = {
+        "images": [{"id": 1, "width": 20, "height": 20}],
+        "annotations": anns,
+        "categories": [{"id": 1, "name": "x"}],
+    }
     coco.createIndex()
     return coco
 
@@ -75,14 +89,19 @@ def test_coco_segm_ap_by_hand():
 
 
 def test_classify_by_hand(tmp_path):
-    colours = {"a": [(255, 0, 0), (250, 10, 0)], "b": [(0, 0, 255), (255, 0, 0)]}  # one "b" image looks like "a"
+    colours = {
+        "a": [(255, 0, 0), (250, 10, 0)],
+        "b": [(0, 0, 255), (255, 0, 0)],
+    }  # one "b" image looks like "a"
     for name, cs in colours.items():
         (tmp_path / name).mkdir()
         for i, c in enumerate(cs):
             Image.fromarray(np.full((8, 8, 3), c, np.uint8)).save(tmp_path / name / f"{i}.png")
 
     def enc(images):
-        return torch.nn.functional.normalize(torch.tensor(np.stack([im.reshape(-1, 3).mean(0) for im in images]), dtype=torch.float32), dim=-1)
+        return torch.nn.functional.normalize(
+            torch.tensor(np.stack([im.reshape(-1, 3).mean(0) for im in images]), dtype=torch.float32), dim=-1
+        )
 
     def text(names):
         return torch.tensor([[1.0, 0, 0] if n == "a" else [0, 0, 1.0] for n in names])

@@ -21,7 +21,10 @@ def test_interpolate_endpoints_and_midpoint(tmp_path):
         got = load_samclip(interpolate(pa, pb, alpha, tmp_path / f"{alpha}.safetensors"))[0].state_dict()
         assert all(torch.equal(got[k], expect[k]) for k in expect)
     out = tmp_path / "half.safetensors"
-    subprocess.run([sys.executable, "-m", "training.interpolate", str(pa), str(pb), "--alpha", "0.5", "--out", str(out)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "training.interpolate", str(pa), str(pb), "--alpha", "0.5", "--out", str(out)],
+        check=True,
+    )
     half, meta = load_samclip(out)
     assert meta["extra"]["wise_ft"]["alpha"] == 0.5
     for k, v in half.state_dict().items():

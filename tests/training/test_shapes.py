@@ -9,7 +9,16 @@ import torch
 
 from training.data.datasets import ImageFolderImages, SA1BDataset
 from training.data.sampler import ResolutionBatchSampler
-from training.data.shapes import CLASSES, COLORS, SHAPES, decode_rle, make_scene, read_sa1b_record, write_imagefolder, write_semseg
+from training.data.shapes import (
+    CLASSES,
+    COLORS,
+    SHAPES,
+    decode_rle,
+    make_scene,
+    read_sa1b_record,
+    write_imagefolder,
+    write_semseg,
+)
 
 
 def test_scene_is_deterministic_and_masks_match_pixels():

@@ -29,7 +29,13 @@ def test_lr_groups_stage2(test_config):
     assert groups["clip_head"]["lr"] == stage.lr
     assert groups["backbone"]["lr"] == stage.lr * 0.1
     ids = lambda ps: {id(p) for p in ps}  # noqa: E731
-    backbone = ids([*model.image_encoder.parameters(), *model.prompt_encoder.parameters(), *model.mask_decoder.parameters()])
+    backbone = ids(
+        [
+            *model.image_encoder.parameters(),
+            *model.prompt_encoder.parameters(),
+            *model.mask_decoder.parameters(),
+        ]
+    )
     assert ids(groups["backbone"]["params"]) == backbone
     assert ids(groups["clip_head"]["params"]) == ids(model.clip_head.parameters())
     assert not any(p.requires_grad for p in model.text_encoder.parameters())
@@ -97,5 +103,8 @@ def test_resume_continues_from_saved_step(test_config, tmp_path):
     state = torch.load(tmp_path / "r" / "state.pt", weights_only=True)
     assert int(state["step"]) == 2
     run_stage(cfg, "1", tmp_path / "r", resume=True)
-    steps = [int(line.split('"step": ')[1].split(",")[0]) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    steps = [
+        int(line.split('"step": ')[1].split(",")[0])
+        for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()
+    ]
     assert steps == [0, 1, 2, 3]

@@ -26,7 +26,11 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
-COLORS: dict[str, tuple[int, int, int]] = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 60, 220)}
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 190, 40),
+    "blue": (30, 60, 220),
+}
 CLASSES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLORS for s in SHAPES)
 
 
@@ -144,7 +148,11 @@ def _annotation(inst: Instance, ann_id: int, image_id: int) -> dict:
 def write_sa1b(out: Path, num_images: int, seed: int, size: int = 128, max_objects: int = 4) -> Path:
     """Write `num_images` scenes in SA-1B style plus coco_instances.json and captions.json; returns `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    coco = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)]}
+    coco = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i + 1, "name": s} for i, s in enumerate(SHAPES)],
+    }
     captions = {}
     ann_id = 1
     for i in range(num_images):

@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("task", choices=["classify", "semseg", "refine", "instseg"])
-    p.add_argument("--data", required=True, help="ImageFolder (classify), images+labels (semseg/refine), COCO (instseg)")
+    p.add_argument(
+        "--data", required=True, help="ImageFolder (classify), images+labels (semseg/refine), COCO (instseg)"
+    )
     p.add_argument("--checkpoint", default="", help="SAM-CLIP safetensors")
     p.add_argument("--sam-checkpoint", default="", help="SAM weights (teacher SAM evaluation)")
     p.add_argument("--model", default="demo", help="architecture for --sam-checkpoint")

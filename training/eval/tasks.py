@@ -104,13 +104,20 @@ def instseg(runner: SamClipRunner, data: Path, ann_file: str = "coco_instances.j
         anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
         if not anns:
             continue
-        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]] for a in anns])
+        boxes = np.array(
+            [
+                [a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                for a in anns
+            ]
+        )
         masks, scores = runner.box_masks(_rgb(Path(data) / info["file_name"]), boxes)
         for a, m, s in zip(anns, masks, scores, strict=True):
             ious.append(binary_iou(m, coco.annToMask(a).astype(bool)))
             rle = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
             rle["counts"] = rle["counts"].decode("ascii")
-            results.append({"image_id": img_id, "category_id": a["category_id"], "segmentation": rle, "score": float(s)})
+            results.append(
+                {"image_id": img_id, "category_id": a["category_id"], "segmentation": rle, "score": float(s)}
+            )
     return {**coco_segm_ap(coco, results), "box_miou": float(np.mean(ious)) if ious else 0.0, "n": len(ious)}
 
 

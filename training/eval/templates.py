@@ -16,7 +16,9 @@ def tokenize(texts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def class_embeddings(encode_text, classnames: list[str], templates: tuple[str, ...] = TEMPLATES) -> torch.Tensor:
+def class_embeddings(
+    encode_text, classnames: list[str], templates: tuple[str, ...] = TEMPLATES
+) -> torch.Tensor:
     """Template-ensembled class embeddings (the CLIP protocol): mean of the L2-normalised embeddings of all
     templates, re-normalised. encode_text: (N, 77) int64 -> (N, D). Returns (C, D) float32."""
     out = []
