@@ -234,6 +234,12 @@ def med(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
+def stage_medians(samples: list[Sample]) -> dict[str, float]:
+    """Median ms of every Server-Timing stage seen in samples (0 where a sample lacks the stage)."""
+    names = dict.fromkeys(name for s in samples for name in s.stages)
+    return {name: round(med([s.stage(name) for s in samples]), 2) for name in names}
+
+
 def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     """Medians (ms) and ratios from the raw Samples of one run."""
     cold, cached, embed, refine = raw["cold"], raw["cached"], raw["embed"], raw["refine"]
@@ -266,18 +272,25 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     result["cold_over_cached"] = result["cold_ms"] / result["cached_prompt_ms"]
     result["refine_over_embed"] = result["refine_new_image_ms"] / result["embed_ms"]
     result["overhead_cold_fraction"] = result["overhead_cold_ms"] / result["cold_ms"]
+    result["refine_extra_over_embed_ms"] = result["refine_new_image_ms"] - result["embed_ms"]
+    kinds = {"cold": cold, "cached": cached, "embed": embed, "refine": refine}
+    result["stages_ms"] = {kind: stage_medians(samples) for kind, samples in kinds.items()}
+    result["stages_ms"]["text_miss"] = stage_medians([raw["text_miss"]])
     return result
 
 
 def _notes(res: dict[str, Any]) -> dict[str, str]:
     """The notes column of the table (ratios and the stages behind each figure)."""
     r = {k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in res.items()}
+    rs = res["stages_ms"]["refine"]
     return {
         "cached": f"ratio to cold {res['cached_over_cold']:.4f} ({res['cold_over_cached']:.1f}x faster)",
         "embed": f"server encoder stage {r['encoder_stage_embed_ms']} ms",
         "refine": f"refine/embed {res['refine_over_embed']:.3f}; "
         f"encoder runs/request {res['encoder_runs_per_refine']:g}; "
-        f"server encoder stage {r['encoder_stage_refine_ms']} ms",
+        f"server encoder stage {r['encoder_stage_refine_ms']} ms; +{r['refine_extra_over_embed_ms']} ms: "
+        f"head {rs.get('head', 0.0):.1f}, decoder {rs.get('decoder', 0.0):.1f}, "
+        f"postprocess {rs.get('postprocess', 0.0):.1f}",
         "text": f"Server-Timing text stage; request {r['text_miss_request_ms']} ms vs "
         f"{r['text_hit_request_ms']} ms text-cached = +{r['text_miss_cost_ms']} ms",
         "ov_cached": f"wall - decoder {r['decoder_cached_ms']}; postprocess {r['postprocess_cached_ms']}, "

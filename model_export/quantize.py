@@ -82,14 +82,20 @@ def weight_matmuls(onnx_path: Path) -> tuple[list[str], list[str]]:
 
 
 def calibrate_minmax(
-    src: Path, feeds: list[dict[str, np.ndarray]], out_json: Path, nodes: list[str] | None = None
-) -> int:
-    """Min/max of every float input of the MatMul/Gemm `nodes` (default all) over `feeds`, saved as an onnxruntime
-    calibration cache (`quantize_static(calibration_cache_path=...)`); returns how many tensors.
+    src: Path,
+    feeds: list[dict[str, np.ndarray]],
+    out_json: Path,
+    nodes: list[str] | None = None,
+    keep: tuple[str, ...] = (),
+) -> dict[str, list[np.ndarray]]:
+    """Min/max of every float input/output of the MatMul/Gemm `nodes` (default all) over `feeds`, saved as an onnxruntime
+    calibration cache (`quantize_static(calibration_cache_path=...)`). Returns the graph outputs named in `keep`,
+    one array per feed (the encoder's outputs feed the CLIP head's and decoder's calibration).
 
     ORT's own calibrator runs the augmented model with every graph optimisation off and its memory arena on,
     which needs > 20 GB for a ViT-B at 1024 px (12 x 4096 x 4096 attention maps); here the augmented model
-    (a global ReduceMin/ReduceMax per tensor) runs with basic optimisations and no arena, one sample at a time.
+    (a global ReduceMin/ReduceMax right after each tensor's producer) runs optimised, without the arena, one
+    sample at a time.
     """
     import onnx
     import onnxruntime as ort
@@ -102,7 +108,7 @@ def calibrate_minmax(
     int_inputs = {i.name for i in model.graph.input if i.type.tensor_type.elem_type != onnx.TensorProto.FLOAT}
     matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
     chosen = [n for n in matmuls if nodes is None or n.name in nodes]
-    tensors = sorted({t for n in chosen for t in n.input} - consts - int_inputs - {""})
+    tensors = sorted({t for n in chosen for t in (*n.input, *n.output)} - consts - int_inputs - {""})
     index = {name: i for i, name in enumerate(tensors)}
 
     def reducers(name: str) -> list[Any]:  # right after the producer, so big activations die early
@@ -125,7 +131,6 @@ def calibrate_minmax(
                 helper.make_tensor_value_info(f"calib_{op}_{i}", onnx.TensorProto.FLOAT, [])
             )
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     opts.enable_cpu_mem_arena = False
     with tempfile.TemporaryDirectory() as tmp:  # from a file: no second in-memory copy of the weights
         onnx.save(model, f"{tmp}/augmented.onnx")
@@ -134,32 +139,66 @@ def calibrate_minmax(
     outputs = [f"calib_{op}_{i}" for i in range(len(tensors)) for op in ("ReduceMin", "ReduceMax")]
     lo = np.full(len(tensors), np.inf, np.float32)
     hi = np.full(len(tensors), -np.inf, np.float32)
+    kept: dict[str, list[np.ndarray]] = {k: [] for k in keep}
     for feed in feeds:
-        values = np.asarray(session.run(outputs, feed), np.float32).reshape(-1, 2)
+        result = session.run([*keep, *outputs], feed)
+        for k, value in zip(keep, result, strict=False):
+            kept[k].append(value)
+        values = np.asarray(result[len(keep) :], np.float32).reshape(-1, 2)
         lo, hi = np.minimum(lo, values[:, 0]), np.maximum(hi, values[:, 1])
     data = {
         name: (np.array(lo[i], np.float32), np.array(hi[i], np.float32)) for i, name in enumerate(tensors)
     }
     save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), out_json)
-    return len(tensors)
+    return kept
 
 
-def calibration_feeds(bundle: Path, manifest: dict[str, Any], samples: int, seed: int) -> dict[str, list]:
-    """Per graph, the calibration feeds: generated images, their fp32 patch tokens, random token ids."""
-    pre = manifest["preprocess"]
-    images = generated_images(samples, pre["image_size"], pre["pixel_mean"], pre["pixel_std"], seed=seed)
-    ref = OnnxGraphs({"encoder": bundle / manifest["graphs"]["encoder"]["file"]})
-    tokens = [ref.encode(images[i : i + 1]).patch_tokens for i in range(samples)]
-    ids = random_text_ids(max(2, samples) * 4, seed=seed)
-    return {
-        "encoder": [{"image": images[i : i + 1]} for i in range(samples)],
-        "clip_head": [{"patch_tokens": t} for t in tokens],
-        "text_encoder": [{"input_ids": ids[i : i + 4]} for i in range(0, len(ids), 4)],
+def calibration_caches(
+    bundle: Path, manifest: dict[str, Any], graphs: tuple[str, ...], samples: int, seed: int
+) -> dict[str, Path]:
+    """Per graph, a MinMax calibration cache over ALL its MatMul/Gemm tensors (shared by the int8 variants),
+    kept in BUNDLE/.calibration/ keyed by the graph's sha256, sample count and seed.
+
+    Inputs: `samples` generated images (encoder); their fp32 patch tokens (CLIP head) and image embeddings with
+    random prompts (SAM decoder), both taken from the encoder's calibration run; random token ids (text)."""
+    cache_dir = bundle / ".calibration"
+    cache_dir.mkdir(exist_ok=True)
+    graph_file = {g: bundle / manifest["graphs"][g]["file"] for g in ALL_GRAPHS}
+    paths = {
+        g: cache_dir / f"{g}-{manifest['graphs'][g]['sha256'][:12]}-n{samples}-s{seed}.json" for g in graphs
     }
+    missing = [g for g in graphs if not paths[g].is_file()]
+    pre = manifest["preprocess"]
+    if set(missing) & {"encoder", "clip_head", "sam_decoder"}:
+        images = generated_images(samples, pre["image_size"], pre["pixel_mean"], pre["pixel_std"], seed=seed)
+        out = calibrate_minmax(
+            graph_file["encoder"],
+            [{"image": images[i : i + 1]} for i in range(samples)],
+            paths.get("encoder", cache_dir / "encoder.tmp.json"),
+            keep=("image_embeddings", "patch_tokens"),
+        )
+        if "clip_head" in missing:
+            feeds = [{"patch_tokens": t} for t in out["patch_tokens"]]
+            calibrate_minmax(graph_file["clip_head"], feeds, paths["clip_head"])
+        if "sam_decoder" in missing:
+            grid = pre["image_size"] // manifest["model"]["config"]["encoder"]["patch_size"]
+            prompts = random_prompts(6, pre["image_size"], grid, seed=seed)
+            feeds = [{"image_embeddings": e, **prompts} for e in out["image_embeddings"]]
+            calibrate_minmax(graph_file["sam_decoder"], feeds, paths["sam_decoder"])
+    if "text_encoder" in missing:
+        ids = random_text_ids(max(2, samples) * 4, seed=seed)
+        feeds = [{"input_ids": ids[i : i + 4]} for i in range(0, len(ids), 4)]
+        calibrate_minmax(graph_file["text_encoder"], feeds, paths["text_encoder"])
+    return paths
 
 
 def quantize_graph(
-    src: Path, dst: Path, target: str, feeds: list | None, exclude: str | None = None, attention: bool = False
+    src: Path,
+    dst: Path,
+    target: str,
+    calib_cache: Path | None = None,
+    exclude: str | None = None,
+    attention: bool = False,
 ) -> int:
     """Write the quantised graph `dst`; returns how many MatMul/Gemm nodes were quantised.
 
@@ -173,13 +212,13 @@ def quantize_graph(
     if target == "ort-int8":
         quantize_dynamic(src, dst, weight_type=QuantType.QInt8, nodes_to_quantize=chosen)
         return len(chosen)
-    cache = dst.with_suffix(".calib.json")
-    calibrate_minmax(src, feeds or [], cache, chosen)
+    if calib_cache is None or not calib_cache.is_file():
+        raise ValueError(f"static int8 needs a calibration cache (calibrate_minmax) for {src.name}")
     quantize_static(
         src,
         dst,
         None,
-        calibration_cache_path=cache,
+        calibration_cache_path=calib_cache,
         quant_format=QuantFormat.QDQ,
         op_types_to_quantize=["MatMul", "Gemm"],
         nodes_to_quantize=chosen,
@@ -188,7 +227,6 @@ def quantize_graph(
         weight_type=QuantType.QInt8,
         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
     )
-    cache.unlink(missing_ok=True)
     return len(chosen)
 
 
@@ -267,12 +305,13 @@ def optimize(
     counts: dict[str, int] = {}
     t0 = time.perf_counter()
     if spec["suffix"]:
-        feeds = calibration_feeds(bundle, manifest, calib_samples, seed) if target == "openvino-int8" else {}
+        static = target == "openvino-int8"
+        caches = calibration_caches(bundle, manifest, graphs, calib_samples, seed) if static else {}
         for graph in tqdm(graphs, desc=f"quantize {target}", unit="graph"):
             src = bundle / manifest["graphs"][graph]["file"]
             files[graph] = Path(manifest["graphs"][graph]["file"]).stem + spec["suffix"]
             counts[graph] = quantize_graph(
-                src, bundle / files[graph], target, feeds.get(graph), exclude, attention
+                src, bundle / files[graph], target, caches.get(graph), exclude, attention
             )
     quantize_s = time.perf_counter() - t0
     probe = ParityProbe(bundle, manifest, parity_samples, seed)

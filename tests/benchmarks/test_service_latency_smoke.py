@@ -69,6 +69,13 @@ def test_json_has_every_field_with_sane_values(bench: tuple[dict, str]) -> None:
     assert result["overhead_cached_ms"] <= result["cached_prompt_ms"]
     assert result["overhead_cold_ms"] <= result["cold_ms"]
     assert result["overhead_cold_fraction"] <= 1.0
+    # per-request Server-Timing stage medians: the encoder ran on new images only, the decoder on prompts
+    stages = result["stages_ms"]
+    assert set(stages) == {"cold", "cached", "embed", "refine", "text_miss"}
+    assert stages["cold"]["encoder"] > 0 and stages["cold"]["decoder"] > 0 and stages["cold"]["total"] > 0
+    assert "encoder" not in stages["cached"] and stages["cached"]["decoder"] > 0
+    assert stages["refine"]["encoder"] > 0 and stages["refine"]["head"] > 0
+    assert "decoder" not in stages["embed"] and stages["text_miss"]["text"] > 0
 
 
 def test_prints_the_table(bench: tuple[dict, str]) -> None:
@@ -82,6 +89,7 @@ def _module():
     spec = importlib.util.spec_from_file_location("service_latency", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
+    sys.modules["service_latency"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
