@@ -81,6 +81,45 @@ def weight_matmuls(onnx_path: Path) -> tuple[list[str], list[str]]:
     return weighted, other
 
 
+def _gate_tensors(model: Any, tensors: list[str]) -> None:
+    """Add calib_ReduceMin_i / calib_ReduceMax_i graph outputs for tensors[i], and make every consumer of the
+    tensor read `tensor + 0 * (min + max)` instead: the reductions must then run before the tensor's consumers,
+    so the runtime cannot postpone them and keep every large activation (attention maps) alive until the end."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    index = {name: i for i, name in enumerate(tensors)}
+    model.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), "calib_zero"))
+    for node in model.graph.node:  # consumers read the gated tensor
+        for j, name in enumerate(node.input):
+            if name in index:
+                node.input[j] = f"calib_gated_{index[name]}"
+
+    def gate(name: str) -> list[Any]:
+        if name not in index:
+            return []
+        i = index[name]
+        lo, hi, s, z = (f"calib_ReduceMin_{i}", f"calib_ReduceMax_{i}", f"calib_sum_{i}", f"calib_zero_{i}")
+        return [
+            helper.make_node("ReduceMin", [name], [lo], keepdims=0, name=lo),
+            helper.make_node("ReduceMax", [name], [hi], keepdims=0, name=hi),
+            helper.make_node("Add", [lo, hi], [s], name=s),
+            helper.make_node("Mul", [s, "calib_zero"], [z], name=z),
+            helper.make_node("Add", [name, z], [f"calib_gated_{i}"], name=f"calib_gated_{i}"),
+        ]
+
+    nodes = [g for i in model.graph.input for g in gate(i.name)]
+    for node in list(model.graph.node):
+        nodes += [node, *(g for o in node.output for g in gate(o))]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    for i in range(len(tensors)):
+        for op in ("ReduceMin", "ReduceMax"):
+            model.graph.output.append(
+                helper.make_tensor_value_info(f"calib_{op}_{i}", onnx.TensorProto.FLOAT, [])
+            )
+
+
 def calibrate_minmax(
     src: Path,
     feeds: list[dict[str, np.ndarray]],
@@ -99,7 +138,6 @@ def calibrate_minmax(
     """
     import onnx
     import onnxruntime as ort
-    from onnx import helper
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
 
     model = onnx.load(str(src))
@@ -109,27 +147,7 @@ def calibrate_minmax(
     matmuls = [n for n in model.graph.node if n.op_type in ("MatMul", "Gemm")]
     chosen = [n for n in matmuls if nodes is None or n.name in nodes]
     tensors = sorted({t for n in chosen for t in (*n.input, *n.output)} - consts - int_inputs - {""})
-    index = {name: i for i, name in enumerate(tensors)}
-
-    def reducers(name: str) -> list[Any]:  # right after the producer, so big activations die early
-        if name not in index:
-            return []
-        outs = [f"calib_{op}_{index[name]}" for op in ("ReduceMin", "ReduceMax")]
-        return [
-            helper.make_node(op, [name], [o], keepdims=0, name=o)
-            for op, o in zip(("ReduceMin", "ReduceMax"), outs, strict=True)
-        ]
-
-    nodes = [r for i in model.graph.input for r in reducers(i.name)]
-    for node in model.graph.node:
-        nodes += [node, *(r for o in node.output for r in reducers(o))]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    for i in range(len(tensors)):
-        for op in ("ReduceMin", "ReduceMax"):
-            model.graph.output.append(
-                helper.make_tensor_value_info(f"calib_{op}_{i}", onnx.TensorProto.FLOAT, [])
-            )
+    _gate_tensors(model, tensors)
     opts = ort.SessionOptions()
     opts.enable_cpu_mem_arena = False
     with tempfile.TemporaryDirectory() as tmp:  # from a file: no second in-memory copy of the weights
