@@ -58,20 +58,21 @@ CONFIGS = [  # (label, backend, settings overrides)
 def encoder_flops(cfg: dict[str, Any], image_size: int) -> float:
     """Multiply-adds x 2 of the SAM ViT image encoder at image_size (patch embed, blocks, neck).
 
-    Windowed blocks pad the token grid to a multiple of the window; attention counts QK^T and AV
+    Windowed blocks pad the token grid to a multiple of the window (qkv, proj and attention run on the padded
+    windows; the MLP on the unpadded grid); attention counts QK^T and AV
     (2 * 2 * n^2 * width per window or globally) plus the decomposed relative-position terms."""
     g = image_size // cfg["patch_size"]
     w, hidden = cfg["embed_dim"], int(cfg["embed_dim"] * cfg["mlp_ratio"])
     n = g * g
     flops = 2.0 * n * w * 3 * cfg["patch_size"] ** 2
     for i in range(cfg["depth"]):
-        flops += 2.0 * n * (4 * w * w + 2 * w * hidden)  # qkv + proj + mlp
         if i in cfg["global_attn_indexes"]:
             seqs, side = 1, g
         else:
             side = cfg["window_size"]
             seqs = math.ceil(g / side) ** 2
         tokens = side * side
+        flops += 2.0 * seqs * tokens * 4 * w * w + 2.0 * n * 2 * w * hidden  # qkv + proj (padded), mlp
         flops += seqs * (2.0 * 2 * tokens * tokens * w + 2.0 * 2 * tokens * side * w)  # attn + rel-pos
     c = cfg["out_chans"]
     flops += 2.0 * n * (w * c + 9 * c * c)

@@ -3,12 +3,14 @@
 Targets (the plain fp32 graphs are never touched; variants are extra files listed in manifest["variants"]):
 
 - `openvino-int8`: ONNX Runtime static quantisation in QDQ format of every MatMul/Gemm whose second input is a
-  weight (the linear layers, ~70% of a ViT's FLOPs): int8 symmetric activations (MinMax calibration), int8
-  per-channel weights. Attention matmuls (activation x activation), softmax, norms and everything else stay
-  float. OpenVINO reads the QuantizeLinear/DequantizeLinear pairs as FakeQuantize and runs those layers in
-  int8 (AMX-int8 / VNNI) and the rest under its bf16 hint. Files `<graph>.int8.qdq.onnx`.
-  Calibration inputs: generated images through the fp32 graphs (encoder, then its patch tokens for the CLIP
-  head) and random CLIP token ids (text encoder).
+  weight (the linear layers, ~70% of a ViT's FLOPs): int8 symmetric activations (MinMax ranges), int8
+  per-channel weights; with `--int8-attention` (variant `int8-qdq-attn`) also the activation x activation
+  matmuls (QK^T, AV). Softmax, norms and everything else stay float. OpenVINO reads the QuantizeLinear /
+  DequantizeLinear pairs as FakeQuantize and runs those layers in int8 (AMX-int8 / VNNI), the rest under its
+  bf16 hint. Files `<graph>.int8.qdq.onnx` / `<graph>.int8attn.qdq.onnx`.
+  Calibration (`calibrate_minmax`, cached in BUNDLE/.calibration/ and shared by both variants): generated
+  images through the fp32 encoder, whose outputs (patch tokens; image embeddings + random prompts) calibrate
+  the CLIP head and SAM decoder; random CLIP token ids for the text encoder.
 - `ort-int8`: ONNX Runtime dynamic quantisation (int8 weights, activations quantised per call) for the
   `onnxruntime-int8` backend. Files `<graph>.int8.onnx`.
 - `openvino-bf16`: no new file; measures the plain graphs under OpenVINO's bf16 hint and records it.

@@ -4,7 +4,9 @@
 - `PredictorDep`: the Predictor, or 503 NotReady (loading, failed load, draining).
 - `require_api_key`: optional auth (`Authorization: Bearer KEY` or `X-API-Key: KEY`, constant-time compare).
 - `ImageInputDep`: the request's image, from a raw `image/*` body, multipart field `image`, or `image_id`
-  (query, form or JSON body), plus the other form/JSON fields for the route to read.
+  (query, form or JSON body), plus the other form/JSON fields for the route to read. An uploaded image is only
+  hashed here and admitted (`Predictor.admit`: 429 at once when the encoder queue is full, before any decode);
+  the Predictor decodes it later inside its bounded decode gate, and never when it is cached or in flight.
 - `MaskFormatDep`: `format=rle|polygon|png`, or PNG when `Accept: image/png` and no `format` is given.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hmac
 import json
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -102,8 +105,9 @@ async def require_api_key(request: Request, settings: SettingsDep) -> None:
 
 @dataclass
 class ImageInput:
-    """What a request carried. `image` (decoded) or `image_id`, never both; `fields`: other form fields
-    (name -> values); `json`: the JSON object body, if any."""
+    """What a request carried. `image` or `image_id`, never both; `image` is an admitted
+    `service.pipeline.admission.EncodedImage` (bytes + sha256) for a predictor with `admit`, else a decoded
+    `DecodedImage`; `fields`: other form fields (name -> values); `json`: the JSON object body, if any."""
 
     image: Any = None
     image_id: str | None = None
@@ -202,7 +206,8 @@ async def get_image_input(
     image_id: Annotated[
         str | None, Query(description="Id from an earlier response, instead of sending the image again.")
     ] = None,
-) -> ImageInput:
+) -> AsyncIterator[ImageInput]:
+    from service.pipeline.admission import EncodedImage, sha256_hex
     from service.pipeline.decode import decode_image
 
     parsed, data = await _parse_body(request, settings)
@@ -218,13 +223,25 @@ async def get_image_input(
             "no image: send a raw image body (Content-Type: image/*), multipart field `image`, or image_id"
         )
     parsed.image_id = image_id
-    if data is not None:
+    if data is None:
+        yield parsed
+        return
+    predictor = get_state(request).predictor
+    if not callable(getattr(predictor, "admit", None)):  # a predictor without admission: decode now
         with timings.measure("decode"):
             parsed.image = await run_in_threadpool(decode_image, data, settings)
-    return parsed
+        yield parsed
+        return
+    image = EncodedImage(data=data, sha256=await sha256_hex(data))
+    predictor.admit(image)  # QueueFull (429) here, before any decode work
+    parsed.image = image
+    try:
+        yield parsed
+    finally:
+        image.release()  # a reservation the route never used (e.g. it failed validation first)
 
 
-ImageInputDep = Annotated[ImageInput, Depends(get_image_input)]
+ImageInputDep = Annotated[ImageInput, Depends(get_image_input, scope="function")]
 
 
 def get_mask_format(

@@ -82,6 +82,12 @@ class Settings(BaseSettings):
     queue_size: int = Field(
         32, ge=1, description="Encoder queue bound; a full queue answers 429 + Retry-After."
     )
+    max_concurrent_decodes: int = Field(
+        0,
+        ge=0,
+        description="Most images decoded + preprocessed at once (0 = usable CPUs). New images wait for a slot "
+        "holding an encoder-queue place, so waiting counts against queue_size (429 when full, before decode).",
+    )
     request_timeout_s: float = Field(
         60, gt=0, description="Per-request deadline; a request still queued when it passes gets 504."
     )

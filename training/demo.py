@@ -31,7 +31,7 @@ from training.data.shapes import write_imagefolder, write_sa1b, write_semseg
 from training.demo_report import evaluate_all, write_report
 from training.demo_teachers import train_clip_teacher, train_sam_teacher
 
-TEACHER_STEPS = {"sam": 700, "clip": 250}
+TEACHER_STEPS = {"sam": 600, "clip": 600}
 DATA = {"train": 1500, "held_sa": 80, "held_cls": 40, "held_seg": 80}
 
 
@@ -107,7 +107,7 @@ def _sam_job(data: Path, out: Path, steps: int) -> Path:
 
 def _clip_job(data: Path, out: Path, steps: int) -> tuple[Path, Path]:
     torch.set_num_threads(1)
-    return train_clip_teacher(data, out, "demo", steps, 12, 2e-3, 0)
+    return train_clip_teacher(data, out, "demo", steps, 12, 3e-3, 0)
 
 
 def train_teachers(data: Path, out: Path, steps: dict[str, int]) -> dict[str, Path]:

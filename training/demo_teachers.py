@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def clip_model_config(model: str) -> dict:
     from model_export.config import load_config
 
     t = load_config(model).text
-    vision = {"image_size": 64, "patch_size": 8, "width": 128, "layers": 4, "head_width": 32}
+    vision = {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32}  # ModifiedResNet
     text = {
         "context_length": t.context_length,
         "vocab_size": t.vocab_size,
@@ -83,6 +84,9 @@ def clip_model_config(model: str) -> dict:
         "mlp_ratio": t.mlp_ratio,
     }
     return {"embed_dim": t.embed_dim, "vision_cfg": vision, "text_cfg": text}
+
+
+CLASS_KEYS = (*CLASSES, *SHAPES, "background")
 
 
 def _say(rng: random.Random, name: str) -> str:
@@ -142,6 +146,8 @@ def train_clip_teacher(
     cfg_path.write_text(json.dumps(clip_model_config(model), indent=2))
     open_clip.add_model_config(cfg_path)
     clip = open_clip.create_model("demo-clip").train()
+    with torch.no_grad():
+        clip.logit_scale.fill_(math.log(30.0))  # sharper start than CLIP's 1/0.07: ~13 concepts only
     teacher = ClipTeacher(clip, 64)
     for p in clip.parameters():
         p.requires_grad_(True)
@@ -154,9 +160,10 @@ def train_clip_teacher(
         opt.param_groups[0]["lr"] = lr * lr_factor(step, steps, steps // 20)
         idx = [rng.randrange(len(ds)) for _ in range(images_per_step)]
         images, caps, accept, keys, cls = clip_batch(ds, idx, rng, 64)
-        pos = torch.tensor([[k in acc for k in keys] for acc in accept])
+        prompts = [_say(rng, k) for k in CLASS_KEYS]  # every class's text in every step (extra negatives)
+        pos = torch.tensor([[k in acc for k in [*keys, *CLASS_KEYS]] for acc in accept])
         img = torch.nn.functional.normalize(clip.encode_image(teacher.preprocess(images)), dim=-1)
-        txt = torch.nn.functional.normalize(clip.encode_text(tokenize(caps)), dim=-1)
+        txt = torch.nn.functional.normalize(clip.encode_text(tokenize(caps + prompts)), dim=-1)
         cls_txt = torch.nn.functional.normalize(clip.encode_text(class_ids), dim=-1)
         keep = cls >= 0
         calib = background_calibration_loss(img[keep] @ cls_txt.t(), cls[keep], len(CLASSES))

@@ -75,15 +75,15 @@ def sam_supervised_loss(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.
     return loss + F.mse_loss(iou_pred.float(), actual)
 
 
-def contrastive_loss(
-    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor
-) -> torch.Tensor:
-    """Symmetric InfoNCE for (B, D) image and (B, D) text embeddings with a (B, B) bool matrix `pos`
-    (pos[i, j]: text j truly describes image i; the diagonal must be True), averaged over positives."""
+def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Symmetric multi-positive InfoNCE for (B, D) images and (T, D) texts; pos (B, T) bool says which texts
+    truly describe which images (every image needs one). Texts without a positive image only act as negatives."""
     logits = scale * image.float() @ text.float().t()
     p = pos.float()
     li = torch.sum(-(p / p.sum(1, keepdim=True)) * F.log_softmax(logits, 1), 1).mean()
-    lt = torch.sum(-(p.t() / p.t().sum(1, keepdim=True)) * F.log_softmax(logits.t(), 1), 1).mean()
+    has = p.sum(0) > 0
+    pt = p.t()[has]
+    lt = torch.sum(-(pt / pt.sum(1, keepdim=True)) * F.log_softmax(logits.t()[has], 1), 1).mean()
     return (li + lt) / 2
 
 

@@ -2,9 +2,12 @@
 
 ONE encoder pass per image: `get_entry` looks the image up in the embedding cache (key: sha256 of the uploaded
 bytes + bundle fingerprint; the public `image_id` is that sha256 hex) and only on a miss preprocesses it and
-sends it through the dynamic batcher to `backend.encode`. The entry keeps image_embeddings (1, C, h, w) and
-patch_tokens (1, h, w, W) as float32; the CLIP head outputs are computed lazily, once per entry, and memoised
-(then the patch tokens, needed by nothing else, are dropped and the cache re-counts the entry's bytes).
+sends it through the dynamic batcher to `backend.encode`. Images from HTTP arrive undecoded (`EncodedImage`):
+`admit` reserves an encoder-queue slot before any decode (429 at once when full) and the decode + preprocess
+run inside a bounded `DecodeGate` (see admission.py); a cached or in-flight image is never decoded again.
+The entry keeps image_embeddings (1, C, h, w) and patch_tokens (1, h, w, W) as float32; the CLIP head outputs
+are computed lazily, once per entry, and memoised (then the patch tokens, needed by nothing else, are dropped
+and the cache re-counts the entry's bytes).
 Text embeddings (80-template ensembles, see templates.py) live in an LRU keyed by the stripped label.
 Every blocking backend call runs in a thread pool (one lock per graph) so the event loop stays free.
 Deadlines are `time.monotonic()` seconds.
@@ -16,6 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,7 +31,8 @@ from service.cache import EmbeddingCache, LRUCache
 from service.errors import InferenceFailed, InvalidInput, NotFound
 from service.pipeline import prompts as prompt_mod
 from service.pipeline import textseg
-from service.pipeline.decode import DecodedImage
+from service.pipeline.admission import DecodeGate, EncodedImage, decode_slots
+from service.pipeline.decode import DecodedImage, decode_image
 from service.pipeline.results import LabelScore, MaskResult, RefineResult
 from service.pipeline.templates import ensemble, expand
 from service.pipeline.tokenizer import ClipTokenizer
@@ -98,6 +103,8 @@ class Predictor:
         self.text_cache: LRUCache[np.ndarray] = LRUCache(settings.text_cache_entries)
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="samclip-infer")
         self._encoder_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="samclip-encoder")
+        self.decode_gate = DecodeGate(decode_slots(settings))
+        self._decode_pool = ThreadPoolExecutor(self.decode_gate.slots, thread_name_prefix="samclip-decode")
         self._locks = {g: threading.Lock() for g in ("clip_head", "text_encoder", "sam_decoder")}
         self.batcher = Batcher(
             self._encode_batch,
@@ -120,13 +127,19 @@ class Predictor:
         """Not ready at once; queued encoder work finishes, then the worker threads exit."""
         self.ready = False
         await self.batcher.stop()
-        for pool in (self._pool, self._encoder_pool):  # wait for in-flight calls off the event loop
+        for pool in (
+            self._pool,
+            self._encoder_pool,
+            self._decode_pool,
+        ):  # wait for in-flight calls off the event loop
             await asyncio.to_thread(pool.shutdown, True)
 
     def _warmup(self) -> None:
         """Run all 4 graphs once on dummy inputs (first-call allocations and kernel selection)."""
         s = self.image_size
+        start = time.monotonic()
         enc = self.backend.encode(np.zeros((1, 3, s, s), np.float32))
+        self.batcher.seed_estimate(time.monotonic() - start)  # first Retry-After estimates
         self.backend.clip_head(enc.patch_tokens)
         self.backend.encode_text(self.tokenizer(["warm-up"]))
         coords = np.array([[[s / 2, s / 2], [0.0, 0.0]]], np.float32)
@@ -142,8 +155,20 @@ class Predictor:
             return fn(*args)
 
     # --- image entries -------------------------------------------------------------------------------------
+    def admit(self, image: EncodedImage) -> None:
+        """Admission before any decode work: an image not cached and not in flight takes an encoder-queue slot
+        (`image.reservation`) or raises QueueFull (429 + Retry-After) now. Cached / in-flight images pass."""
+        key = image.sha256
+        if image.reservation is None and key not in self.cache and not self.batcher.pending(key):
+            image.reservation = self.batcher.reserve()
+
     async def get_entry(
-        self, *, image: DecodedImage | None, image_id: str | None, timings: Timings, deadline: float
+        self,
+        *,
+        image: DecodedImage | EncodedImage | None,
+        image_id: str | None,
+        timings: Timings,
+        deadline: float,
     ) -> ImageEntry:
         key = image.sha256 if image is not None else (image_id or "").strip().lower()
         if not key:
@@ -155,20 +180,45 @@ class Predictor:
         if image is None and not self.batcher.pending(key):
             raise NotFound(f"unknown image_id {key!r} (evicted or never uploaded); send the image again")
         timings.cache_hit = False
-        item = None  # the same image already queued or running: coalesce, skip preprocessing
-        if image is not None and not self.batcher.pending(key):
-            with timings.measure("preprocess"):
-                x, input_size = await self._call(
-                    preprocess, image.rgb, self.image_size, self.bundle.pixel_mean, self.bundle.pixel_std
-                )
-            done = self.cache.get(key, count=False)  # finished by a concurrent request meanwhile
-            if done is not None:
-                return dataclasses.replace(done, cached=False)
-            item = (key, x, image.width, image.height, input_size)
-        result = await self.batcher.submit(key, item, deadline)
+        reservation = getattr(image, "reservation", None)
+        if isinstance(image, EncodedImage):
+            image.reservation = None  # this call owns it now
+        try:
+            item = None  # the same image already queued or running: coalesce, no decode/preprocess
+            if image is not None and not self.batcher.pending(key):
+                if reservation is None or not reservation.held:
+                    reservation = self.batcher.reserve()  # QueueFull before any decode work
+                item = await self._prepare(image, timings, deadline)
+                done = self.cache.get(key, count=False)  # finished by a concurrent request meanwhile
+                if done is not None:
+                    return dataclasses.replace(done, cached=False)
+            result = await self.batcher.submit(key, item, deadline, reservation=reservation)
+        finally:
+            if reservation is not None:
+                reservation.release()
         timings.add("queue", result.queued_ms)
         timings.add("encoder", result.run_ms)
         return dataclasses.replace(result.value, cached=False)
+
+    async def _prepare(
+        self, image: DecodedImage | EncodedImage, timings: Timings, deadline: float
+    ) -> tuple[str, np.ndarray, int, int, tuple[int, int]]:
+        """Decode (if still encoded) + preprocess inside one DecodeGate slot -> the batcher item."""
+        loop = asyncio.get_running_loop()
+        waited = time.perf_counter()
+        async with self.decode_gate.slot(deadline):
+            timings.add("admission", (time.perf_counter() - waited) * 1000.0)
+            if isinstance(image, EncodedImage):
+                with timings.measure("decode"):
+                    image = await loop.run_in_executor(
+                        self._decode_pool, decode_image, image.data, self.settings
+                    )
+            with timings.measure("preprocess"):
+                x, input_size = await loop.run_in_executor(
+                    self._decode_pool, preprocess, image.rgb, self.image_size,
+                    self.bundle.pixel_mean, self.bundle.pixel_std,
+                )  # fmt: skip
+        return (image.sha256, x, image.width, image.height, input_size)
 
     def _encode_batch(
         self, items: list[tuple[str, np.ndarray, int, int, tuple[int, int]]]

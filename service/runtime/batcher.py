@@ -1,7 +1,12 @@
 """Dynamic batcher for encoder work (asyncio front, one worker, blocking runs in a thread pool).
 
-- `submit(key, item, deadline)` queues one item; the queue holds at most `queue_size` distinct jobs, beyond that
-  `QueueFull` (429) with a `Retry-After` header (seconds, estimated from recent batch times) is raised at once.
+- `submit(key, item, deadline)` queues one item; the queue holds at most `queue_size` distinct jobs, beyond
+  that `QueueFull` (429) with a `Retry-After` header is raised at once. Retry-After = (queued + reserved
+  jobs) x the recent encoder time per image (EWMA of batch time / batch size), at least 1 s.
+- Admission before expensive preparation: `reserve()` takes one of the `queue_size` slots NOW (or raises
+  `QueueFull`) for a job that will be submitted after decode/preprocess; `submit(..., reservation=r)` turns it
+  into the queued job without a second full-check, `r.release()` (idempotent) gives it back unused. Queued +
+  reserved jobs never exceed `queue_size`, so an admitted request is never refused later.
 - Concurrent submits with the SAME key coalesce: they wait on one job, so the image is encoded once
   (`pending(key)` tells a caller it may pass item=None to join the running/queued job).
 - The worker takes the first job, waits until `max_batch_size` jobs are queued or `max_batch_wait_ms` passed
@@ -40,6 +45,23 @@ class BatchResult:
     run_ms: float
     batch_size: int
     coalesced: bool
+
+
+class Reservation:
+    """One queue slot held for a job still being prepared (see `Batcher.reserve`); `release()` is
+    idempotent."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self._batcher: Batcher | None = batcher
+
+    @property
+    def held(self) -> bool:
+        return self._batcher is not None
+
+    def release(self) -> None:
+        batcher, self._batcher = self._batcher, None
+        if batcher is not None:
+            batcher._reserved = max(0, batcher._reserved - 1)
 
 
 @dataclass
@@ -87,11 +109,42 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._batch_seconds = 0.05  # EWMA of batch run time, for Retry-After
+        self._image_seconds = 0.05  # EWMA of encoder seconds per image, for Retry-After
+        self._reserved = 0  # slots held by `reserve()` for jobs still being prepared
 
     @property
     def depth(self) -> int:
         return len(self._queue)
+
+    @property
+    def reserved(self) -> int:
+        """Slots held for admitted jobs not queued yet (waiting for / in decode + preprocess)."""
+        return self._reserved
+
+    def record_run(self, seconds: float, images: int = 1) -> None:
+        """Feed the per-image time estimate (the worker does this per batch; warm-up may seed it)."""
+        per_image = max(0.0, float(seconds)) / max(1, int(images))
+        self._image_seconds = 0.8 * self._image_seconds + 0.2 * per_image
+
+    def seed_estimate(self, seconds_per_image: float) -> None:
+        """Replace the per-image estimate (e.g. with the warm-up encoder time) before any real batch ran."""
+        self._image_seconds = max(0.0, float(seconds_per_image))
+
+    def _full_error(self) -> QueueFull:
+        retry = self.retry_after()
+        return QueueFull(
+            f"{self.name} queue is full ({self.queue_size} admitted); retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+        )
+
+    def reserve(self) -> Reservation:
+        """Hold a queue slot now for a job submitted later; `QueueFull` (429) at once when none is free."""
+        if self._task is None or self._stopping:
+            raise NotReady(f"{self.name} batcher is not running")
+        if len(self._queue) + self._reserved >= self.queue_size:
+            raise self._full_error()
+        self._reserved += 1
+        return Reservation(self)
 
     def pending(self, key: str) -> bool:
         """True while a job for `key` is queued or running (a submit now would coalesce with it)."""
@@ -113,7 +166,14 @@ class Batcher:
         await self._task
         self._task = None
 
-    async def submit(self, key: str, item: Any, deadline: float) -> BatchResult:
+    async def submit(
+        self, key: str, item: Any, deadline: float, *, reservation: Reservation | None = None
+    ) -> BatchResult:
+        """Queue `item` under `key` (or join the pending job for `key`) and wait for its result. With a held
+        `reservation` the slot taken at admission is used (no QueueFull); it is consumed either way."""
+        reserved = reservation is not None and reservation.held
+        if reservation is not None:
+            reservation.release()
         if self._task is None or self._stopping:
             raise NotReady(f"{self.name} batcher is not running")
         loop = asyncio.get_running_loop()
@@ -122,12 +182,8 @@ class Batcher:
         if job is None:
             if item is None:
                 raise InferenceFailed(f"{self.name}: no pending job for {key!r} to join")
-            if len(self._queue) >= self.queue_size:
-                retry = self.retry_after()
-                raise QueueFull(
-                    f"{self.name} queue is full ({self.queue_size} waiting); retry in {retry} s",
-                    headers={"Retry-After": str(retry)},
-                )
+            if not reserved and len(self._queue) + self._reserved >= self.queue_size:
+                raise self._full_error()
             job = _Job(key=key, item=item, enqueued=time.monotonic())
             self._jobs[key] = job
             self._queue.append(job)
@@ -146,9 +202,10 @@ class Batcher:
             raise
 
     def retry_after(self) -> int:
-        """Seconds until the queue has likely drained (at least 1)."""
-        batches = math.ceil(max(len(self._queue), 1) / self.max_batch_size)
-        return max(1, math.ceil(batches * (self._batch_seconds + self.max_wait_s)))
+        """Seconds until the admitted work (queued + reserved) has likely drained: that count x the recent
+        encoder time per image (at least 1)."""
+        pending = max(len(self._queue) + self._reserved, 1)
+        return max(1, math.ceil(pending * self._image_seconds))
 
     def _forget_if_abandoned(self, job: _Job) -> None:
         if not job.started and not job.live() and job in self._queue:
@@ -229,7 +286,8 @@ class Batcher:
             log.exception("%s batch of %d failed", self.name, len(jobs))
             error = InferenceFailed(f"{self.name} inference failed: {type(exc).__name__}: {exc}")
         run_s = time.monotonic() - start
-        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * run_s
+        if error is None:
+            self.record_run(run_s, len(jobs))
         for i, job in enumerate(jobs):
             self._jobs.pop(job.key, None)
             for w in job.live():
