@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -124,8 +125,8 @@ def make_variants(bundle: Path, calib: int, parity_samples: int) -> dict[str, An
     return out
 
 
-def torch_reference(bundle: Path, image: np.ndarray, runs: int) -> dict[str, Any]:
-    """segment_anything ImageEncoderViT with the bundle's random-init weights: fp32 eager and bf16 autocast."""
+def sam_encoder(bundle: Path) -> Any:
+    """segment_anything's ImageEncoderViT (fp32, eval) with the bundle's random-init weights (build_model(seed))."""
     from functools import partial
 
     import torch
@@ -134,8 +135,7 @@ def torch_reference(bundle: Path, image: np.ndarray, runs: int) -> dict[str, Any
     from model_export.build import build_model
 
     manifest = json.loads((bundle / "manifest.json").read_text())
-    seed = manifest["weights"].get("seed")
-    model = build_model(manifest["model"]["name"], seed=seed)
+    model = build_model(manifest["model"]["name"], seed=manifest["weights"].get("seed"))
     c = manifest["model"]["config"]["encoder"]
     encoder = ImageEncoderViT(
         img_size=manifest["preprocess"]["image_size"], patch_size=c["patch_size"], embed_dim=c["embed_dim"],
@@ -149,16 +149,22 @@ def torch_reference(bundle: Path, image: np.ndarray, runs: int) -> dict[str, Any
         if k.startswith("image_encoder.")
     }
     encoder.load_state_dict(state, strict=True)
-    sam = SimpleNamespace(image_encoder=encoder)
-    del model
+    return encoder
+
+
+def torch_reference(bundle: Path, image: np.ndarray, runs: int) -> dict[str, Any]:
+    """segment_anything ImageEncoderViT with the bundle's random-init weights: fp32 eager and bf16 autocast."""
+    import torch
+
+    encoder = sam_encoder(bundle)
     x = torch.from_numpy(image)
     with torch.inference_mode():
-        fp32 = best_time(lambda: sam.image_encoder(x), runs)
-        emb = sam.image_encoder(x).numpy()
+        fp32 = best_time(lambda: encoder(x), runs)
+        emb = encoder(x).numpy()
 
         def bf16_run() -> Any:
             with torch.autocast("cpu", dtype=torch.bfloat16):
-                return sam.image_encoder(x)
+                return encoder(x)
 
         bf16 = best_time(bf16_run, runs)
         emb_bf16 = bf16_run().float().numpy()
@@ -168,6 +174,69 @@ def torch_reference(bundle: Path, image: np.ndarray, runs: int) -> dict[str, Any
         "embedding": emb,
         "bf16_cosine": float(cosine_rows(emb, emb_bf16)[0]),
     }
+
+
+def interleaved_encoders(bundle: Path, image: np.ndarray, rounds: int, flops: float) -> None:
+    """Encoder-only timing with every path timed round-robin (robust to other load on a shared machine):
+    segment_anything fp32 / torch bf16, ORT fp32 / int8 sessions, OpenVINO f32 / bf16 / int8 variants compiled
+    exactly as OpenVinoBackend does (static 1x3xSxS, LATENCY hint, all usable CPUs). Prints min s/image."""
+    import onnxruntime as ort
+    import openvino as ov
+    import torch
+
+    from service.runtime.cpus import available_cpus
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    variants = {e["name"]: e["file"] for e in manifest.get("variants", {}).get("encoder", [])}
+    encoder, xt = sam_encoder(bundle), torch.from_numpy(image)
+
+    def bf16() -> Any:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return encoder(xt)
+
+    runners: dict[str, Any] = {
+        "segment_anything fp32 eager (ref)": lambda: encoder(xt),
+        "torch bf16 autocast": bf16,
+    }
+    for label, file in (
+        ("onnxruntime fp32", "encoder.onnx"),
+        ("onnxruntime int8", variants.get("int8-dynamic")),
+    ):
+        if file:
+            sess = ort.InferenceSession(str(bundle / file), providers=["CPUExecutionProvider"])
+            runners[label] = lambda s=sess: s.run(None, {"image": image})
+    core = ov.Core()
+    for label, file, precision in (
+        ("openvino f32", "encoder.onnx", "f32"),
+        ("openvino bf16", "encoder.onnx", "bf16"),
+        ("openvino int8-qdq + bf16", variants.get("int8-qdq"), "bf16"),
+        ("openvino int8-qdq-attn + bf16", variants.get("int8-qdq-attn"), "bf16"),
+    ):
+        if file:
+            model = core.read_model(str(bundle / file))
+            model.reshape({model.inputs[0].get_any_name(): list(image.shape)})
+            config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+                      "INFERENCE_NUM_THREADS": available_cpus()}  # fmt: skip
+            request = core.compile_model(model, "CPU", config).create_infer_request()
+            runners[label] = lambda r=request: r.infer({0: image})
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    with torch.inference_mode():
+        for fn in runners.values():
+            fn()  # warm-up
+        for _ in range(rounds):
+            for label, fn in runners.items():
+                start = time.perf_counter()
+                fn()
+                times[label].append(time.perf_counter() - start)
+    ref = min(times["segment_anything fp32 eager (ref)"])
+    print(
+        f"\n{'encoder only, interleaved x' + str(rounds):34} {'min s':>7} {'median':>7} {'x ref':>6} {'TFLOP/s':>7}"
+    )
+    for label, ts in times.items():
+        best = min(ts)
+        print(
+            f"{label:34} {best:7.2f} {statistics.median(ts):7.2f} {ref / best:6.2f} {flops / best / 1e12:7.3f}"
+        )
 
 
 def _png(seed: int, width: int = 1280, height: int = 960) -> bytes:
@@ -219,6 +288,9 @@ def main() -> int:
     ap.add_argument("--parity-samples", type=int, default=2)
     ap.add_argument("--skip-refine", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated labels substrings to run (default all)")
+    ap.add_argument(
+        "--interleaved", type=int, default=0, help="ONLY the encoder-only round-robin timing, N rounds"
+    )
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -233,6 +305,9 @@ def main() -> int:
     prompts = random_prompts(12, bundle.image_size, bundle.embed_grid, seed=7)
     text_ids = random_text_ids(9, seed=7)
     x = images[:1]
+    if args.interleaved:
+        interleaved_encoders(bundle_path, x, args.interleaved, flops)
+        return 0
     print(
         f"# bundle {args.bundle} ({bundle.model_name}, S={bundle.image_size}); encoder {flops / 1e12:.3f} TFLOP/image; "
         f"{os.cpu_count()} CPUs visible, affinity {len(os.sched_getaffinity(0))}",

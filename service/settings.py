@@ -42,9 +42,10 @@ class Settings(BaseSettings):
         "ONNX graphs). None: use `default_bundle_dir` (the CLI exports a random-init tiny bundle there if empty).",
     )
     default_bundle_dir: Path = Field(
-        Path("bundles/default"),
-        description="Bundle served when `bundle` is not set. The CLI exports a random-init `tiny` bundle here "
-        "when it holds no manifest.json (needs the `export` extra); point it at a trained bundle in production.",
+        Path("training/demo_bundle"),
+        description="Bundle served when `bundle` is not set: the committed demo model (trained on generated "
+        "shapes by `python -m training.demo`). If it holds no manifest.json, the CLI exports a random-init `tiny` "
+        "bundle there (needs the `export` extra); point `bundle` at your own bundle in production.",
     )
     backend: str = Field("onnxruntime", description="Inference backend name (service.runtime.base registry).")
     providers: StrList = Field(

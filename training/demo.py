@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="multiply all step counts (smoke runs: 0.02)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the main process")
     p.add_argument("--procs", type=int, default=2, help="DDP processes for the merge stages (one per core)")
+    p.add_argument("--clip-steps", type=int, default=0, help="override the CLIP teacher's step count")
+    p.add_argument("--reuse-teachers", action="store_true", help="keep teachers already trained in --out")
     p.add_argument(
         "--eval-only", action="store_true", help="re-run the evaluation of a finished run in --out"
     )
@@ -186,7 +188,13 @@ def main(argv: list[str] | None = None) -> None:
         )
     data = clock.run("data", make_data, out / "data", scale)
     steps = {k: max(2, int(v * scale)) for k, v in TEACHER_STEPS.items()}
-    teachers = clock.run("teachers", train_teachers, data["train"], out / "teachers", steps)
+    if args.clip_steps:
+        steps["clip"] = args.clip_steps
+    reuse = _paths(out)[1]
+    if args.reuse_teachers and all(p.is_file() for p in reuse.values()):
+        teachers = reuse  # teachers of an earlier run in the same --out (their time is not counted here)
+    else:
+        teachers = clock.run("teachers", train_teachers, data["train"], out / "teachers", steps)
     ckpts = clock.run("merge", merge, out / "merge", data["train"], teachers, scale, args.procs)
     clock.run("export", export, ckpts["3"], out / "bundle")
     results = clock.run("eval", evaluate_all, out, data, teachers, ckpts)

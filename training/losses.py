@@ -75,7 +75,9 @@ def sam_supervised_loss(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.
     return loss + F.mse_loss(iou_pred.float(), actual)
 
 
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor
+) -> torch.Tensor:
     """Symmetric multi-positive InfoNCE for (B, D) images and (T, D) texts; pos (B, T) bool says which texts
     truly describe which images (every image needs one). Texts without a positive image only act as negatives."""
     logits = scale * image.float() @ text.float().t()

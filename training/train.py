@@ -134,6 +134,7 @@ def run_stage(
     groups = set_trainable(student, stage)
     objective = MergeObjective(student, clip_teacher, sam_teacher, stage).to(device)
     model = DistributedDataParallel(objective, find_unused_parameters=True) if world > 1 else objective
+    base_lrs = [g["lr"] for g in groups]  # the optimizer's group dicts ARE `groups`: keep the bases apart
     optim = torch.optim.AdamW(groups, weight_decay=stage.weight_decay)
     start = _resume(out / "state.pt", student, optim) if resume else 0
     clip_it, sam_it = _loaders(cfg, stage, rank, world, student.config.image_size)
@@ -148,8 +149,8 @@ def run_stage(
     )
     t0 = time.time()
     for step in bar:
-        for g, base in zip(optim.param_groups, groups, strict=True):
-            g["lr"] = base["lr"] * lr_factor(step, stage.steps, stage.warmup_steps)
+        for g, base in zip(optim.param_groups, base_lrs, strict=True):
+            g["lr"] = base * lr_factor(step, stage.steps, stage.warmup_steps)
         clip_batch = _to(next(clip_it), device) if clip_it else None
         sam_batch = _to(next(sam_it), device) if sam_it else None
         with amp:

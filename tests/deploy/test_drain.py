@@ -24,6 +24,7 @@ from loadtests.images import make_image  # noqa: E402
 DRAIN_TIMEOUT_S = 15.0
 SLOW_UPLOADS = 4
 LOOP_THREADS = 3
+CLOSED_CONNECTION = ("ConnectError", "RemoteProtocolError", "ReadError", "WriteError")
 
 
 def open_slow_upload(port: int, body: bytes) -> http.client.HTTPConnection:
@@ -119,8 +120,13 @@ def test_sigterm_drains_in_flight_requests(deploy_bundle: Path, server_factory) 
     assert before and all(status == 200 for status in before), before
     # Across the signal: a request is answered 200 (admitted before the drain) or 503 (after), or cannot
     # connect once the process has exited; never a 5xx other than 503, never a dropped admitted request.
+    # A request first sent after SIGTERM was never admitted: once the drain is over the server closes its
+    # keep-alive connections and exits, so such a request may also see the connection close under it.
     after = [status for start, end, status in results if end >= t_signal]
-    assert all(status in (200, 503) or status in ("ConnectError",) for status in after), after
+    in_flight = [status for start, end, status in results if start < t_signal <= end]
+    sent_late = [status for start, end, status in results if start >= t_signal]
+    assert all(status in (200, 503) for status in in_flight), in_flight
+    assert all(status in (200, 503, *CLOSED_CONNECTION) for status in sent_late), sent_late
     print(
         f"\ndrain: /readyz 503 after {t_ready * 1000:.0f} ms; {len(outcomes)} in-flight uploads all 200; "
         f"exit after {exit_s:.1f} s (code {proc.returncode}); loop statuses after SIGTERM {dict(Counter(map(str, after)))}"

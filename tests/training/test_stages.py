@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
+import pytest
 import torch
 
 from model_export.build import build_model
@@ -11,7 +13,7 @@ from model_export.checkpoint import load_samclip, read_state_dict
 from training.data.datasets import ImageFolderImages, SA1BDataset
 from training.stages import MergeObjective, set_trainable
 from training.teachers import SamTeacher, copy_text_tower, load_clip_teacher
-from training.train import build_student, run_stage
+from training.train import build_student, lr_factor, run_stage
 
 
 def _parts(sd: dict, prefix: str) -> dict:
@@ -92,8 +94,8 @@ def test_stage1_and_stage3_keep_frozen_parts_bit_identical(test_config, teacher_
     frozen = [k for k in sd1 if not k.startswith("clip_head.")]
     assert all(torch.equal(sd1[k], sd3[k]) for k in frozen)
     assert not _equal(_parts(sd1, "clip_head."), _parts(sd3, "clip_head."))
-    lines = (tmp_path / "s3" / "log.jsonl").read_text().splitlines()
-    assert len(lines) == test_config.stage("3").steps
+    records = [json.loads(line) for line in (tmp_path / "s3" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "step" in r] == list(range(test_config.stage("3").steps))
 
 
 def test_resume_continues_from_saved_step(test_config, tmp_path):
@@ -103,8 +105,14 @@ def test_resume_continues_from_saved_step(test_config, tmp_path):
     state = torch.load(tmp_path / "r" / "state.pt", weights_only=True)
     assert int(state["step"]) == 2
     run_stage(cfg, "1", tmp_path / "r", resume=True)
-    steps = [
-        int(line.split('"step": ')[1].split(",")[0])
-        for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()
-    ]
-    assert steps == [0, 1, 2, 3]
+    records = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "step" in r] == [0, 1, 2, 3]
+
+
+def test_lr_schedule_applies_to_the_configured_base_lrs(test_config, tmp_path):
+    stage = dataclasses.replace(test_config.stage("2"), steps=4, warmup_steps=2, lr=1e-3)
+    cfg = test_config.replace(stages={"2": stage})
+    run_stage(cfg, "2", tmp_path / "lr")
+    groups = torch.load(tmp_path / "lr" / "state.pt", weights_only=True)["optim"]["param_groups"]
+    factor = lr_factor(3, 4, 2)  # lr of the last step (cosine after a linear warm-up)
+    assert [g["lr"] for g in groups] == pytest.approx([1e-3 * factor, 1e-4 * factor])
