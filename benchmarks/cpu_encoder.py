@@ -176,7 +176,7 @@ def torch_reference(bundle: Path, image: np.ndarray, runs: int) -> dict[str, Any
     }
 
 
-def interleaved_encoders(bundle: Path, image: np.ndarray, rounds: int, flops: float) -> None:
+def interleaved_encoders(bundle: Path, image: np.ndarray, rounds: int, flops: float, only: list[str]) -> None:
     """Encoder-only timing with every path timed round-robin (robust to other load on a shared machine):
     segment_anything fp32 / torch bf16, ORT fp32 / int8 sessions, OpenVINO f32 / bf16 / int8 variants compiled
     exactly as OpenVinoBackend does (static 1x3xSxS, LATENCY hint, all usable CPUs). Prints min s/image."""
@@ -198,11 +198,13 @@ def interleaved_encoders(bundle: Path, image: np.ndarray, rounds: int, flops: fl
         "segment_anything fp32 eager (ref)": lambda: encoder(xt),
         "torch bf16 autocast": bf16,
     }
+    if only:  # the reference always runs; the others only when named (memory: each holds its own buffers)
+        runners = {k: v for k, v in runners.items() if "(ref)" in k or any(w in k for w in only)}
     for label, file in (
         ("onnxruntime fp32", "encoder.onnx"),
         ("onnxruntime int8", variants.get("int8-dynamic")),
     ):
-        if file:
+        if file and (not only or any(w in label for w in only)):
             sess = ort.InferenceSession(str(bundle / file), providers=["CPUExecutionProvider"])
             runners[label] = lambda s=sess: s.run(None, {"image": image})
     core = ov.Core()
@@ -212,7 +214,7 @@ def interleaved_encoders(bundle: Path, image: np.ndarray, rounds: int, flops: fl
         ("openvino int8-qdq + bf16", variants.get("int8-qdq"), "bf16"),
         ("openvino int8-qdq-attn + bf16", variants.get("int8-qdq-attn"), "bf16"),
     ):
-        if file:
+        if file and (not only or any(w in label for w in only)):
             model = core.read_model(str(bundle / file))
             model.reshape({model.inputs[0].get_any_name(): list(image.shape)})
             config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
@@ -306,7 +308,7 @@ def main() -> int:
     text_ids = random_text_ids(9, seed=7)
     x = images[:1]
     if args.interleaved:
-        interleaved_encoders(bundle_path, x, args.interleaved, flops)
+        interleaved_encoders(bundle_path, x, args.interleaved, flops, [s for s in args.only.split(",") if s])
         return 0
     print(
         f"# bundle {args.bundle} ({bundle.model_name}, S={bundle.image_size}); encoder {flops / 1e12:.3f} TFLOP/image; "

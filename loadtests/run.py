@@ -46,21 +46,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def export_tiny_bundle(out: Path, seed: int = 0) -> Path:
-    """Export a random-init `tiny` bundle to `out` (needs the export extra: torch) for smoke runs and tests."""
-    code = (
-        "import sys\n"
-        "from model_export.build import build_model\n"
-        "from model_export.config import load_config\n"
-        "from model_export.export_onnx import export_bundle\n"
-        "cfg = load_config('tiny')\n"
-        "export_bundle(build_model(cfg, seed=int(sys.argv[2])), cfg, sys.argv[1], "
-        "{'random_init': True, 'seed': int(sys.argv[2]), 'sources': []}, progress=False)\n"
-    )
-    subprocess.run([sys.executable, "-c", code, str(out), str(seed)], check=True, cwd=ROOT, timeout=900)
-    return out
-
-
 def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout_s: float = 120) -> None:
     """Poll GET {url}/readyz until 200; raise if the process exits first or time runs out."""
     import httpx

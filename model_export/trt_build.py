@@ -22,7 +22,6 @@ set_output_type) — fp16 LayerNorm is what loses accuracy in ViT engines.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import time
@@ -30,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from service.bundle import sha256_file
 from service.runtime.trt_engines import GRAPHS, engine_filename, sm_tag, upsert_engine_records
 
 # axis roles of each graph input (axis index -> role); other axes are taken as fixed from the manifest.
@@ -124,14 +124,6 @@ def keep_fp32(layer_type: str, elementwise_op: str | None = None) -> bool:
     if layer_type in FP32_LAYER_TYPES:
         return True
     return layer_type == "ELEMENTWISE" and elementwise_op in FP32_ELEMENTWISE_OPS
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def engine_record(

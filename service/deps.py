@@ -284,3 +284,10 @@ def check_texts(texts: list[str], name: str, limit: int, max_chars: int) -> list
     if len(set(cleaned)) != len(cleaned):
         raise InvalidInput(f"duplicate `{name}` values")
     return cleaned
+
+
+async def load_entry(predictor: Any, inp: ImageInput, timings: Timings, deadline: float) -> Any:
+    """The predictor's cache entry (encoder outputs + image meta) for the request's `image` or `image_id`."""
+    return await predictor.get_entry(
+        image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline
+    )

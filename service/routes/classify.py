@@ -14,6 +14,7 @@ from service.deps import (
     SettingsDep,
     TimingsDep,
     check_texts,
+    load_entry,
     require_api_key,
 )
 from service.errors import InvalidInput
@@ -58,9 +59,7 @@ async def classify(
 ) -> ClassifyResponse:
     names = check_texts(inp.values("labels", labels), "labels", settings.max_labels, settings.max_text_chars)
     k = _top_k(inp.value("top_k", top_k), len(names))
-    entry = await predictor.get_entry(
-        image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline
-    )
+    entry = await load_entry(predictor, inp, timings, deadline)
     scores = await predictor.classify(entry, names, k, timings)
     ranked = sorted(scores, key=lambda s: s.probability, reverse=True)[:k]
     out = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.deps import DeadlineDep, ImageInputDep, PredictorDep, TimingsDep, require_api_key
+from service.deps import DeadlineDep, ImageInputDep, PredictorDep, TimingsDep, load_entry, require_api_key
 from service.routes.render import PNG_RESPONSE_DOC, body_doc, image_meta
 from service.schemas import EmbedResponse, ErrorResponse
 
@@ -24,7 +24,5 @@ ERRORS = {code: {"model": ErrorResponse, **doc} for code, doc in PNG_RESPONSE_DO
 async def embed(
     predictor: PredictorDep, inp: ImageInputDep, timings: TimingsDep, deadline: DeadlineDep
 ) -> EmbedResponse:
-    entry = await predictor.get_entry(
-        image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline
-    )
+    entry = await load_entry(predictor, inp, timings, deadline)
     return EmbedResponse(**image_meta(entry))

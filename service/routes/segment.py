@@ -27,6 +27,7 @@ from service.deps import (
     SettingsDep,
     TimingsDep,
     check_texts,
+    load_entry,
     require_api_key,
 )
 from service.errors import InvalidInput
@@ -104,9 +105,7 @@ async def segment_text(
     index: MaskIndexDep = 0,
 ) -> Any:
     texts = check_texts(inp.values("text", text), "text", settings.max_texts, settings.max_text_chars)
-    entry = await predictor.get_entry(
-        image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline
-    )
+    entry = await load_entry(predictor, inp, timings, deadline)
     results = await predictor.segment_text(entry, texts, timings)
     if fmt == "png":
         return await png_response(results, index, entry, timings)
@@ -179,9 +178,7 @@ async def segment_prompt(
     index: MaskIndexDep = 0,
 ) -> Any:
     request = parse_prompt_request(inp, settings, multimask)
-    entry = await predictor.get_entry(
-        image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline
-    )
+    entry = await load_entry(predictor, inp, timings, deadline)
     groups = await predictor.segment_prompts(entry, request, timings)
     if fmt == "png":
         return await png_response([m for group in groups for m in group], index, entry, timings)
@@ -230,9 +227,7 @@ async def segment_refine(
     rng_seed = _as_int(inp.value("seed", seed), "seed", settings.refine_seed, 0, 2**32 - 1)
     want_coarse = _as_bool(inp.value("return_coarse", return_coarse), "return_coarse", False)
     want_points = _as_bool(inp.value("return_points", return_points), "return_points", False)
-    entry = await predictor.get_entry(
-        image=inp.image, image_id=inp.image_id, timings=timings, deadline=deadline
-    )
+    entry = await load_entry(predictor, inp, timings, deadline)
     result = await predictor.refine(entry, texts[0], n, rng_seed, timings)
     results = [result.mask] + ([result.coarse] if want_coarse else [])
     if fmt == "png":

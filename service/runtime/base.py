@@ -91,6 +91,61 @@ class Backend(Protocol):
         ...
 
 
+DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+
+
+def decoder_feeds(
+    image_embeddings: np.ndarray,
+    point_coords: np.ndarray,
+    point_labels: np.ndarray,
+    mask_input: np.ndarray,
+    has_mask_input: np.ndarray,
+    dtype: Any = None,
+) -> dict[str, np.ndarray]:
+    """`Backend.decode`'s arguments keyed by the decoder graph's input names (BUNDLE.md), in graph order.
+
+    dtype None: the arrays as given (for runtimes that cast to each input's own dtype); otherwise each as a
+    C-contiguous array of that dtype (`np.ascontiguousarray(a, dtype)`).
+    """
+    arrays = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+    if dtype is not None:
+        arrays = tuple(np.ascontiguousarray(a, dtype) for a in arrays)
+    return dict(zip(DECODER_INPUTS, arrays, strict=True))
+
+
+class NamedGraphBackend:
+    """`Backend` methods for runtimes whose graphs run as {input name: array} -> {output name: array}.
+
+    Subclasses implement `_run_graph`; names and shapes are BUNDLE.md's (see `Backend`).
+    """
+
+    def _run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def encode(self, images: np.ndarray) -> EncoderOutput:
+        out = self._run_graph("encoder", {"image": images})
+        return EncoderOutput(out["image_embeddings"], out["patch_tokens"])
+
+    def clip_head(self, patch_tokens: np.ndarray) -> ClipOutput:
+        out = self._run_graph("clip_head", {"patch_tokens": patch_tokens})
+        return ClipOutput(out["image_embedding"], out["patch_embeddings"])
+
+    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
+        return self._run_graph("text_encoder", {"input_ids": input_ids})["text_embedding"]
+
+    def decode(
+        self,
+        image_embeddings: np.ndarray,
+        point_coords: np.ndarray,
+        point_labels: np.ndarray,
+        mask_input: np.ndarray,
+        has_mask_input: np.ndarray,
+    ) -> DecoderOutput:
+        feeds = decoder_feeds(image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+        out = self._run_graph("sam_decoder", feeds)
+        return DecoderOutput(out["iou_predictions"], out["low_res_masks"])
+
+
 # name -> "module:factory". Factories take (bundle, settings) and return a Backend.
 _REGISTRY: dict[str, str] = {
     "onnxruntime": "service.runtime.onnxruntime:OnnxRuntimeBackend",

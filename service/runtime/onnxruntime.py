@@ -22,7 +22,14 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from service.runtime.base import BackendError, BackendInfo, ClipOutput, DecoderOutput, EncoderOutput
+from service.runtime.base import (
+    BackendError,
+    BackendInfo,
+    ClipOutput,
+    DecoderOutput,
+    EncoderOutput,
+    decoder_feeds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +179,8 @@ class OnnxRuntimeBackend:
         mask_input: np.ndarray,
         has_mask_input: np.ndarray,
     ) -> DecoderOutput:
-        feeds = {
-            "image_embeddings": np.ascontiguousarray(image_embeddings, np.float32),
-            "point_coords": np.ascontiguousarray(point_coords, np.float32),
-            "point_labels": np.ascontiguousarray(point_labels, np.float32),
-            "mask_input": np.ascontiguousarray(mask_input, np.float32),
-            "has_mask_input": np.ascontiguousarray(has_mask_input, np.float32),
-        }
+        feeds = decoder_feeds(
+            image_embeddings, point_coords, point_labels, mask_input, has_mask_input, np.float32
+        )
         iou, low = self._run("sam_decoder", list(DECODER_KEEP), feeds)
         return DecoderOutput(iou_predictions=iou, low_res_masks=low)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime.base import BackendError, BackendInfo, ClipOutput, DecoderOutput, EncoderOutput
+from service.runtime.base import BackendError, BackendInfo, NamedGraphBackend
 
 GRAPHS = ("encoder", "clip_head", "text_encoder", "sam_decoder")
 OUTPUTS = {
@@ -97,7 +97,7 @@ class _BoundGraph:
         return {n: np.asarray(v, dtype=np.float32) for n, v in zip(self.outputs, values, strict=True)}
 
 
-class OrtCudaBackend:
+class OrtCudaBackend(NamedGraphBackend):
     """Backend over the bundle's ONNX graphs on the CUDA execution provider (see module docstring)."""
 
     def __init__(self, bundle: Any, settings: Any, *, device_type: str = "cuda") -> None:
@@ -136,32 +136,5 @@ class OrtCudaBackend:
             details={"onnxruntime": ort.__version__, "graphs": chosen, "io_binding": True},
         )
 
-    def encode(self, images: np.ndarray) -> EncoderOutput:
-        out = self.graphs["encoder"].run({"image": images})
-        return EncoderOutput(out["image_embeddings"], out["patch_tokens"])
-
-    def clip_head(self, patch_tokens: np.ndarray) -> ClipOutput:
-        out = self.graphs["clip_head"].run({"patch_tokens": patch_tokens})
-        return ClipOutput(out["image_embedding"], out["patch_embeddings"])
-
-    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        return self.graphs["text_encoder"].run({"input_ids": input_ids})["text_embedding"]
-
-    def decode(
-        self,
-        image_embeddings: np.ndarray,
-        point_coords: np.ndarray,
-        point_labels: np.ndarray,
-        mask_input: np.ndarray,
-        has_mask_input: np.ndarray,
-    ) -> DecoderOutput:
-        out = self.graphs["sam_decoder"].run(
-            {
-                "image_embeddings": image_embeddings,
-                "point_coords": point_coords,
-                "point_labels": point_labels,
-                "mask_input": mask_input,
-                "has_mask_input": has_mask_input,
-            }
-        )
-        return DecoderOutput(out["iou_predictions"], out["low_res_masks"])
+    def _run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.graphs[graph].run(feeds)

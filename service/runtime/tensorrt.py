@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime.base import BackendError, BackendInfo, ClipOutput, DecoderOutput, EncoderOutput
+from service.bundle import sha256_file
+from service.runtime.base import BackendError, BackendInfo, NamedGraphBackend
 from service.runtime.cuda_rt import CudaRuntime, PinnedBuffer
 from service.runtime.trt_engines import GRAPHS, EngineMismatch, select_engines
 
@@ -33,16 +34,6 @@ _BATCHED_INPUTS = {
     "text_encoder": ("input_ids",),
     "sam_decoder": ("point_coords", "point_labels", "mask_input", "has_mask_input"),
 }
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class TrtGraph:
@@ -141,7 +132,7 @@ def _import_trt() -> Any:
     return trt
 
 
-class TensorRTBackend:
+class TensorRTBackend(NamedGraphBackend):
     """Backend over the bundle's TensorRT engines. `trt` and `cuda` are injectable for tests."""
 
     def __init__(
@@ -166,7 +157,7 @@ class TensorRTBackend:
             path = root / rec["file"]
             if not path.is_file():
                 raise BackendError(f"engine file {rec['file']} listed in the manifest is missing from {root}")
-            if _sha256(path) != rec.get("sha256"):
+            if sha256_file(path) != rec.get("sha256"):
                 raise BackendError(f"engine file {rec['file']}: sha256 differs from the manifest (corrupt?)")
         logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(logger)
@@ -184,34 +175,8 @@ class TensorRTBackend:
             },
         )
 
-    def encode(self, images: np.ndarray) -> EncoderOutput:
-        out = self.graphs["encoder"].run_chunked({"image": images})
-        return EncoderOutput(out["image_embeddings"], out["patch_tokens"])
-
-    def clip_head(self, patch_tokens: np.ndarray) -> ClipOutput:
-        out = self.graphs["clip_head"].run_chunked({"patch_tokens": patch_tokens})
-        return ClipOutput(out["image_embedding"], out["patch_embeddings"])
-
-    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        return self.graphs["text_encoder"].run_chunked({"input_ids": input_ids})["text_embedding"]
-
-    def decode(
-        self,
-        image_embeddings: np.ndarray,
-        point_coords: np.ndarray,
-        point_labels: np.ndarray,
-        mask_input: np.ndarray,
-        has_mask_input: np.ndarray,
-    ) -> DecoderOutput:
-        feeds = {
-            "image_embeddings": image_embeddings,
-            "point_coords": point_coords,
-            "point_labels": point_labels,
-            "mask_input": mask_input,
-            "has_mask_input": has_mask_input,
-        }
-        out = self.graphs["sam_decoder"].run_chunked(feeds)
-        return DecoderOutput(out["iou_predictions"], out["low_res_masks"])
+    def _run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.graphs[graph].run_chunked(feeds)
 
     def close(self) -> None:
         for g in self.graphs.values():

@@ -31,7 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime.base import BackendError, BackendInfo, ClipOutput, DecoderOutput, EncoderOutput
+from service.runtime.base import (
+    BackendError,
+    BackendInfo,
+    ClipOutput,
+    DecoderOutput,
+    EncoderOutput,
+    decoder_feeds,
+)
 
 WEIGHTS_FILE = "weights.safetensors"
 
@@ -171,9 +178,8 @@ class TorchCudaBackend:
         mask_input: np.ndarray,
         has_mask_input: np.ndarray,
     ) -> DecoderOutput:
-        f32 = [
-            a.astype(np.float32, copy=False)
-            for a in (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-        ]
-        iou, low_res = self._run("sam_decoder", *f32)
+        feeds = decoder_feeds(
+            image_embeddings, point_coords, point_labels, mask_input, has_mask_input, np.float32
+        )
+        iou, low_res = self._run("sam_decoder", *feeds.values())
         return DecoderOutput(iou, low_res)

@@ -1,4 +1,4 @@
-"""Shared fixtures for deploy and load tests: a tiny bundle and a real server process on a free port."""
+"""Deploy-test fixture: a real server process on a free port (the bundle is the shared `tiny_bundle`)."""
 
 from __future__ import annotations
 
@@ -9,18 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.run import export_tiny_bundle, free_port, start_server, wait_ready
-
-
-@pytest.fixture(scope="session")
-def deploy_bundle(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shared `tiny_bundle` (tests/conftest.py) when present, else a random-init tiny bundle exported here."""
-    try:
-        return Path(request.getfixturevalue("tiny_bundle"))
-    except pytest.FixtureLookupError:
-        pass
-    pytest.importorskip("torch", reason="exporting a tiny bundle needs the export extra (torch)")
-    return export_tiny_bundle(tmp_path_factory.mktemp("tiny_bundle"))
+from loadtests.run import free_port, start_server, wait_ready
 
 
 @pytest.fixture

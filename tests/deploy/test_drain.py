@@ -71,8 +71,8 @@ class Loop(threading.Thread):
                     return  # server gone
 
 
-def test_sigterm_drains_in_flight_requests(deploy_bundle: Path, server_factory) -> None:
-    proc, url, log_path = server_factory(deploy_bundle, {"SAMCLIP_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)})
+def test_sigterm_drains_in_flight_requests(tiny_bundle: Path, server_factory) -> None:
+    proc, url, log_path = server_factory(tiny_bundle, {"SAMCLIP_DRAIN_TIMEOUT_S": str(DRAIN_TIMEOUT_S)})
     port = int(url.rsplit(":", 1)[1])
     loops = [Loop(url, seed) for seed in range(1, LOOP_THREADS + 1)]
     for loop in loops:

@@ -102,9 +102,9 @@ def test_image_config(image: dict) -> None:
     assert out == "['onnxruntime', 'fastapi'] []", out  # no torch, no compiler, no pip in the runtime stage
 
 
-def test_container_serves_a_mask(image: dict, deploy_bundle: Path, tmp_path: Path) -> None:
+def test_container_serves_a_mask(image: dict, tiny_bundle: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "bundle"
-    shutil.copytree(deploy_bundle, bundle)
+    shutil.copytree(tiny_bundle, bundle)
     for path in [tmp_path, bundle, *bundle.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)  # readable by the image's uid 10001
     port = free_port()

@@ -32,9 +32,9 @@ def run_scenario(bundle: Path, out: Path, *args: str) -> tuple[int, dict]:
     return code, summary
 
 
-def test_smoke_below_capacity(smoke_bundle: Path, tmp_path: Path) -> None:
+def test_smoke_below_capacity(tiny_bundle: Path, tmp_path: Path) -> None:
     code, summary = run_scenario(
-        smoke_bundle,
+        tiny_bundle,
         tmp_path / "smoke",
         "--users", "3", "--spawn-rate", "3", "--duration", "20s", "--fail-on-errors",
         "--client-env", "SAMCLIP_LT_WAIT_MIN=0.5", "--client-env", "SAMCLIP_LT_WAIT_MAX=1.5",
@@ -53,9 +53,9 @@ def test_smoke_below_capacity(smoke_bundle: Path, tmp_path: Path) -> None:
     )
 
 
-def test_smoke_overload_answers_429_fast(smoke_bundle: Path, tmp_path: Path) -> None:
+def test_smoke_overload_answers_429_fast(tiny_bundle: Path, tmp_path: Path) -> None:
     code, summary = run_scenario(
-        smoke_bundle, tmp_path / "overload", "--scenario", "overload", "--users", "24", "--duration", "25s",
+        tiny_bundle, tmp_path / "overload", "--scenario", "overload", "--users", "24", "--duration", "25s",
         "--fail-on-5xx",
     )  # fmt: skip
     counts = summary["status_counts"]

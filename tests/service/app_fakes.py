@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,8 +119,6 @@ class FakePredictor:
 # --- helpers shared by the app tests --------------------------------------------------------------------------
 def wait_status(client: Any, want: set[str], timeout_s: float = 120.0) -> dict:
     """Poll /readyz until its status is in `want` (e.g. {"ready"} or {"failed"}); returns the body."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         body = client.get("/readyz").json()
@@ -142,3 +141,39 @@ def png_bytes(width: int, height: int, seed: int = 0, mode: str = "RGB", fmt: st
     buf = io.BytesIO()
     image.save(buf, format=fmt)
     return buf.getvalue()
+
+
+class SlowEncoder:
+    """Wraps a real backend; every encoder call first flags `busy` (a threading.Event), then sleeps `delay_s`
+    (to fill the queue). Everything else is the wrapped backend's."""
+
+    def __init__(self, inner: Any, delay_s: float) -> None:
+        self.inner, self.delay_s, self.info = inner, delay_s, inner.info
+        self.busy = threading.Event()
+
+    def encode(self, images: np.ndarray) -> Any:
+        self.busy.set()
+        time.sleep(self.delay_s)
+        return self.inner.encode(images)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def slow_factory(delay_s: float) -> Any:
+    """A `create_app(predictor_factory=...)`: the real Predictor over the bundle's onnxruntime backend wrapped
+    in SlowEncoder(backend, delay_s)."""
+
+    def factory(settings: Any, metrics: Any) -> Any:
+        from service.bundle import Bundle
+        from service.pipeline.predictor import Predictor
+        from service.runtime.base import create_backend
+
+        async def build() -> Any:
+            bundle = await asyncio.to_thread(Bundle.load, settings.bundle)
+            backend = await asyncio.to_thread(create_backend, "onnxruntime", bundle, settings)
+            return Predictor(bundle, SlowEncoder(backend, delay_s), settings, metrics)
+
+        return build()
+
+    return factory

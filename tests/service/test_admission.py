@@ -23,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import httpx
 import pytest
 import uvicorn
-from app_fakes import FakePredictor, png_bytes, wait_status
+from app_fakes import FakePredictor, png_bytes, slow_factory, wait_status
 from fastapi.testclient import TestClient
 
 import service.pipeline.decode as decode_mod
@@ -33,37 +33,6 @@ from service.server import DrainingServer
 from service.settings import Settings
 
 PNG = {"Content-Type": "image/png"}
-
-
-class SlowEncoder:
-    """The real backend; every encoder call first sleeps `delay_s` and flags that the encoder is busy."""
-
-    def __init__(self, inner, delay_s: float) -> None:
-        self.inner, self.delay_s, self.info = inner, delay_s, inner.info
-        self.busy = threading.Event()
-
-    def encode(self, images):
-        self.busy.set()
-        time.sleep(self.delay_s)
-        return self.inner.encode(images)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-def slow_factory(delay_s: float):
-    def factory(settings: Settings, metrics):
-        from service.bundle import Bundle
-        from service.runtime.base import create_backend
-
-        async def build():
-            bundle = await asyncio.to_thread(Bundle.load, settings.bundle)
-            backend = await asyncio.to_thread(create_backend, "onnxruntime", bundle, settings)
-            return predictor_mod.Predictor(bundle, SlowEncoder(backend, delay_s), settings, metrics)
-
-        return build()
-
-    return factory
 
 
 class DecodeSpy:

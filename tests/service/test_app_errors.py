@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from app_fakes import FakePredictor, png_bytes, wait_status
+from app_fakes import FakePredictor, png_bytes, slow_factory, wait_status
 from fastapi.testclient import TestClient
 
 from service.main import create_app
@@ -271,36 +271,6 @@ def test_real_503_on_corrupt_bundle(tiny_bundle: Path, tmp_path: Path) -> None:
         assert client.get("/healthz").status_code == 200
     with TestClient(create_app(Settings(bundle=tmp_path / "missing"))) as client:
         assert wait_status(client, {"ready", "failed"})["status"] == "failed"
-
-
-class SlowBackend:
-    """Wraps the real ONNX Runtime backend; every encoder call sleeps first (to fill the queue)."""
-
-    def __init__(self, inner, delay_s: float) -> None:
-        self.inner, self.delay_s, self.info = inner, delay_s, inner.info
-
-    def encode(self, images):
-        time.sleep(self.delay_s)
-        return self.inner.encode(images)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-def slow_factory(delay_s: float):
-    def factory(settings: Settings, metrics):
-        from service.bundle import Bundle
-        from service.pipeline.predictor import Predictor
-        from service.runtime.base import create_backend
-
-        async def build():
-            bundle = await asyncio.to_thread(Bundle.load, settings.bundle)
-            backend = await asyncio.to_thread(create_backend, "onnxruntime", bundle, settings)
-            return Predictor(bundle, SlowBackend(backend, delay_s), settings, metrics)
-
-        return build()
-
-    return factory
 
 
 def _concurrent_embeds(client: TestClient, n: int) -> list:

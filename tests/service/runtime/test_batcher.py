@@ -56,6 +56,18 @@ def _deadline(s: float = 10.0) -> float:
     return time.monotonic() + s
 
 
+async def _blocked_batcher(**kw) -> tuple[Recorder, Batcher, asyncio.Task]:
+    """A started batcher (max_batch_size 1, no batch wait, `kw` overrides) whose worker is blocked inside the
+    batch ["busy"] until `rec.gate` is set; returns (rec, batcher, the "busy" submit task)."""
+    rec = Recorder()
+    rec.gate.clear()
+    b = _batcher(rec, max_batch_size=1, max_batch_wait_ms=0, **kw)
+    await b.start()
+    busy = asyncio.create_task(b.submit("busy", "busy", _deadline()))
+    await asyncio.sleep(0.05)  # worker picked "busy" and is blocked
+    return rec, b, busy
+
+
 async def test_concurrent_requests_form_batches_larger_than_one() -> None:
     rec, metrics = Recorder(), Metrics()
     b = _batcher(rec, metrics=metrics)
@@ -82,12 +94,7 @@ async def test_single_request_waits_at_most_max_wait() -> None:
 
 
 async def test_queue_full_raises_429_with_retry_after() -> None:
-    rec = Recorder()
-    rec.gate.clear()  # worker blocks inside the first batch
-    b = _batcher(rec, max_batch_size=1, queue_size=2, max_batch_wait_ms=0)
-    await b.start()
-    first = asyncio.create_task(b.submit("busy", "busy", _deadline()))
-    await asyncio.sleep(0.05)  # worker picked "busy" and is blocked
+    rec, b, first = await _blocked_batcher(queue_size=2)
     queued = [asyncio.create_task(b.submit(f"q{i}", f"q{i}", _deadline())) for i in range(2)]
     await asyncio.sleep(0.01)
     with pytest.raises(QueueFull) as info:
@@ -101,12 +108,7 @@ async def test_queue_full_raises_429_with_retry_after() -> None:
 
 
 async def test_expired_request_gets_504_and_never_runs() -> None:
-    rec = Recorder()
-    rec.gate.clear()
-    b = _batcher(rec, max_batch_size=1, max_batch_wait_ms=0)
-    await b.start()
-    busy = asyncio.create_task(b.submit("busy", "busy", _deadline()))
-    await asyncio.sleep(0.05)
+    rec, b, busy = await _blocked_batcher()
     t0 = time.monotonic()
     with pytest.raises(DeadlineExceeded) as info:
         await b.submit("late", "late", time.monotonic() + 0.1)
@@ -181,12 +183,7 @@ async def test_result_count_mismatch_fails_that_batch() -> None:
 
 
 async def test_cancelled_waiter_frees_job() -> None:
-    rec = Recorder()
-    rec.gate.clear()
-    b = _batcher(rec, max_batch_size=1, max_batch_wait_ms=0)
-    await b.start()
-    busy = asyncio.create_task(b.submit("busy", "busy", _deadline()))
-    await asyncio.sleep(0.05)
+    rec, b, busy = await _blocked_batcher()
     gone = asyncio.create_task(b.submit("gone", "gone", _deadline()))
     await asyncio.sleep(0.01)
     gone.cancel()
