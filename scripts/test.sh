@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 .venv/bin/ruff check .
 set +e
-.venv/bin/python -m pytest -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -p no:cacheprovider -n "${PYTEST_WORKERS:-2}" --durations=15 "$@"
 rc=$?
 set -e
 # pytest exit 5 = no tests collected: treat as failure (CI must run tests).
