@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any
 
@@ -30,6 +29,7 @@ from service.runtime.base import (
     EncoderOutput,
     decoder_feeds,
 )
+from service.runtime.cpus import available_cpus
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,8 @@ DECODER_KEEP = ("iou_predictions", "low_res_masks")
 
 
 def auto_threads() -> int:
-    """CPUs this process may run on (respects cgroup/affinity pinning, unlike os.cpu_count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # non-Linux
-        return max(1, os.cpu_count() or 1)
+    """CPUs this process may use: the affinity mask capped by the cgroup CPU quota (see runtime/cpus.py)."""
+    return available_cpus()
 
 
 def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
