@@ -33,7 +33,14 @@ from typing import Any
 
 import numpy as np
 
-from service.runtime.base import BackendError, BackendInfo, ClipOutput, DecoderOutput, EncoderOutput
+from service.runtime.base import (
+    BackendError,
+    BackendInfo,
+    ClipOutput,
+    DecoderOutput,
+    EncoderOutput,
+    decoder_feeds,
+)
 from service.runtime.cpus import resolve_threads
 from service.runtime.variants import choose_variant
 
@@ -255,13 +262,9 @@ class OpenVinoBackend:
         has_mask_input: np.ndarray,
     ) -> DecoderOutput:
         """Shapes as in base.Backend.decode; returns iou_predictions (K, 4), low_res_masks (K, 4, 4h, 4w)."""
-        feeds = {
-            "image_embeddings": np.ascontiguousarray(image_embeddings, dtype=np.float32),
-            "point_coords": np.ascontiguousarray(point_coords, dtype=np.float32),
-            "point_labels": np.ascontiguousarray(point_labels, dtype=np.float32),
-            "mask_input": np.ascontiguousarray(mask_input, dtype=np.float32),
-            "has_mask_input": np.ascontiguousarray(has_mask_input, dtype=np.float32),
-        }
+        feeds = decoder_feeds(
+            image_embeddings, point_coords, point_labels, mask_input, has_mask_input, np.float32
+        )
         start = time.perf_counter()
         out = self._graphs["sam_decoder"].run(feeds)
         self._observe("sam_decoder", start)
