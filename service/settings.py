@@ -31,7 +31,7 @@ def _split_list(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """Every knob of the server. Field names are part of the interface (see .agents/SERVICE_API.md)."""
+    """Every knob of the server. Field names are part of the interface (see service/PIPELINE.md)."""
 
     model_config = SettingsConfigDict(env_prefix="SAMCLIP_", extra="ignore", validate_default=True)
 

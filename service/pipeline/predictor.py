@@ -86,7 +86,7 @@ class ImageEntry:
 
 
 class Predictor:
-    """See SERVICE_API.md. metrics needs observe_graph, observe_batch, set_queue_depth, cache_hit, cache_miss,
+    """See service/PIPELINE.md. metrics needs observe_graph, observe_batch, set_queue_depth, cache_hit, cache_miss,
     set_cache_bytes and an `encoder_runs` counter."""
 
     def __init__(self, bundle: Any, backend: Any, settings: Any, metrics: Any) -> None:

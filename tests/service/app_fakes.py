@@ -1,4 +1,4 @@
-"""A fake Predictor implementing .agents/SERVICE_API.md (used IN ADDITION to the real one, for paths the real
+"""A fake Predictor implementing service/PIPELINE.md (used IN ADDITION to the real one, for paths the real
 one cannot reach on demand: blocked start-up, failed start-up, unexpected exceptions)."""
 
 from __future__ import annotations
