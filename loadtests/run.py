@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="locustfile settings, e.g. SAMCLIP_LT_WEIGHT_CLICK=0",
     )
+    parser.add_argument(
+        "--ready-timeout", type=float, default=120.0, help="seconds to wait for /readyz (vit_b: minutes)"
+    )
     parser.add_argument("--fail-on-5xx", action="store_true", help="exit 1 if any 5xx or connection error")
     parser.add_argument("--fail-on-errors", action="store_true", help="exit 1 if any non-200 (except 404)")
     return parser
@@ -250,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         proc = start_server(args.bundle, port, server_env, args.out / "server.log")
         host = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(host, proc)
+        wait_ready(host, proc, args.ready_timeout)
         started = time.monotonic()
         locust_rc = run_locust(host, args, client_env)
         elapsed = time.monotonic() - started
