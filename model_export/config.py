@@ -15,6 +15,9 @@ from typing import Any
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+CLIP_INPUTS = ("blocks", "neck")
+
+
 class ConfigError(ValueError):
     """An architecture config is malformed or inconsistent."""
 
@@ -119,6 +122,10 @@ class ClipHeadConfig:
     """CLIP head: ``depth`` pre-LN blocks over the encoder patch tokens, projection to ``embed_dim``.
 
     ``pos_grid`` is the side of the learnable positional-embedding grid, bicubically resized to the token grid.
+    ``input`` says which encoder tensor the head reads (the encoder graph's ``patch_tokens`` output):
+    ``"blocks"``, the last ViT block's tokens (width ``encoder.embed_dim``; vit_b), or ``"neck"``, SAM's image
+    embedding after the neck (width ``encoder.out_chans``; its 3x3 conv gives every token its neighbourhood,
+    which the small demo model needs to tell shapes apart).
     """
 
     depth: int
@@ -126,9 +133,12 @@ class ClipHeadConfig:
     mlp_ratio: float
     pos_grid: int
     embed_dim: int
+    input: str = "blocks"
 
     def __post_init__(self) -> None:
-        _check_positive("clip_head", **dataclasses.asdict(self))
+        _check_positive("clip_head", **{k: v for k, v in dataclasses.asdict(self).items() if k != "input"})
+        if self.input not in CLIP_INPUTS:
+            raise ConfigError(f"clip_head.input must be one of {CLIP_INPUTS}, got {self.input!r}")
 
 
 @dataclass(frozen=True)
@@ -171,7 +181,7 @@ class SamClipConfig:
                 f"clip_head.embed_dim ({self.clip_head.embed_dim}) must equal text.embed_dim "
                 f"({self.text.embed_dim}): image and text embeddings share one space"
             )
-        _check_divides("clip_head", "encoder.embed_dim", self.encoder.embed_dim, self.clip_head.num_heads)
+        _check_divides("clip_head", "its input width", self.clip_width, self.clip_head.num_heads)
         c = self.encoder.out_chans
         _check_divides("encoder", "out_chans (SAM decoder width)", c, 8)
         _check_divides("mask_decoder", "out_chans // 2", c // 2, self.mask_decoder.transformer_num_heads)
@@ -186,6 +196,11 @@ class SamClipConfig:
     def embed_grid(self) -> int:
         """Side h = w of the encoder token grid at ``image_size`` (S / patch_size)."""
         return self.image_size // self.encoder.patch_size
+
+    @property
+    def clip_width(self) -> int:
+        """Width W of the encoder's ``patch_tokens`` output, the CLIP head's input (see ClipHeadConfig.input)."""
+        return self.encoder.out_chans if self.clip_head.input == "neck" else self.encoder.embed_dim
 
     @property
     def mask_input_size(self) -> int:

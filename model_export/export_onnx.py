@@ -75,7 +75,7 @@ def example_decoder_inputs(cfg: Any, num_prompts: int = 3, num_points: int = 4, 
 
 def graph_specs(model: nn.Module, cfg: Any) -> list[GraphSpec]:
     """The four graphs with example inputs whose dynamic dims are > 1 and differ from each other."""
-    s, g, width = cfg.image_size, cfg.embed_grid, cfg.encoder.embed_dim
+    s, g, width = cfg.image_size, cfg.embed_grid, cfg.clip_width
     c, d, m = cfg.encoder.out_chans, cfg.clip_head.embed_dim, cfg.mask_decoder.num_multimask_outputs + 1
     grid_h, grid_w = g, g + 2  # non-square and not the positional grid: nothing shape-specific is baked
     gen = torch.Generator().manual_seed(0)

@@ -164,6 +164,12 @@ class Bundle:
         return self.path / self.manifest["graphs"][name]["file"]
 
     @property
+    def clip_width(self) -> int:
+        """Width W of the CLIP head's input ``patch_tokens`` (B, h, w, W), as the manifest records it."""
+        spec = self.manifest["graphs"]["clip_head"]["inputs"][0]
+        return int(spec["shape"][-1])
+
+    @property
     def tokenizer_path(self) -> Path:
         return self.path / self.manifest["tokenizer"]["file"]
 

@@ -145,14 +145,17 @@ class ImageEncoderViT(nn.Module):
     """SAM ViT encoder.
 
     forward(x): x (B, 3, S', S') f32, normalised pixels (S' divisible by the patch size; the config's
-    image_size S is the native size) -> (image_embeddings (B, out_chans, h, w),
-    patch_tokens (B, h, w, embed_dim) = output of the last block before the neck), h = S'/p.
+    image_size S is the native size) -> (image_embeddings (B, out_chans, h, w), patch_tokens (B, h, w, W)),
+    h = S'/p. patch_tokens, the CLIP head's input, are the last block's output before the neck (W = embed_dim)
+    with ``tokens_from="blocks"``, or the image embeddings themselves, channels last (W = out_chans), with
+    ``tokens_from="neck"``.
     """
 
-    def __init__(self, cfg: EncoderConfig, image_size: int) -> None:
+    def __init__(self, cfg: EncoderConfig, image_size: int, tokens_from: str = "blocks") -> None:
         super().__init__()
         self.cfg = cfg
         self.img_size = image_size
+        self.tokens_from = tokens_from
         grid = image_size // cfg.patch_size
         self.patch_embed = PatchEmbed(cfg.patch_size, 3, cfg.embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, cfg.embed_dim))
@@ -188,4 +191,4 @@ class ImageEncoderViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         embeddings = self.neck(x.permute(0, 3, 1, 2))
-        return embeddings, x
+        return embeddings, embeddings.permute(0, 2, 3, 1) if self.tokens_from == "neck" else x

@@ -25,10 +25,10 @@ class SamClip(nn.Module):
     def __init__(self, cfg: SamClipConfig) -> None:
         super().__init__()
         self.config = cfg
-        self.image_encoder = ImageEncoderViT(cfg.encoder, cfg.image_size)
+        self.image_encoder = ImageEncoderViT(cfg.encoder, cfg.image_size, cfg.clip_head.input)
         self.prompt_encoder = PromptEncoder(cfg)
         self.mask_decoder = MaskDecoder(cfg)
-        self.clip_head = ClipHead(cfg.clip_head, cfg.encoder.embed_dim)
+        self.clip_head = ClipHead(cfg.clip_head, cfg.clip_width)
         self.text_encoder = TextEncoder(cfg.text)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).reshape(3, 1, 1), persistent=False)

@@ -192,7 +192,7 @@ class OpenVinoBackend:
 
     def _static_shape(self, graph: str) -> list[int] | None:
         s, grid = int(self._bundle.image_size), int(self._bundle.embed_grid)
-        width = int(self._manifest["model"]["config"]["encoder"]["embed_dim"])
+        width = self._bundle.clip_width
         return {"encoder": [1, 3, s, s], "clip_head": [1, grid, grid, width]}.get(graph)
 
     def _compile(self, graph: str, *, static: bool = True) -> _Compiled:

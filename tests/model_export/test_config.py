@@ -36,6 +36,15 @@ def test_tiny_derived_sizes():
     assert cfg.mask_input_size == 64
 
 
+def test_clip_head_input_sets_its_width():
+    assert load_config("vit_b").clip_head.input == "blocks" and load_config("vit_b").clip_width == 768
+    data = _tiny_dict()
+    data["clip_head"].update(input="neck", num_heads=2)  # heads must divide the neck width (64)
+    cfg = SamClipConfig.from_dict(data)
+    assert cfg.clip_width == cfg.encoder.out_chans == 64 != cfg.encoder.embed_dim
+    assert load_config("demo").clip_head.input == "neck"
+
+
 def test_load_by_path_and_unknown_name(tmp_path):
     data = load_config("tiny").to_dict()
     data["name"] = "custom"
@@ -68,6 +77,10 @@ def _tiny_dict() -> dict:
         (lambda d: d["mask_decoder"].update(iou_head_depth=0), r"iou_head_depth must be a positive number"),
         (lambda d: d.update(pixel_std=[1.0, 2.0]), r"pixel_std must have 3 values"),
         (lambda d: d.pop("text"), r"config: missing field\(s\) \['text'\]"),
+        (
+            lambda d: d["clip_head"].update(input="pixels"),
+            r"clip_head\.input must be one of \('blocks', 'neck'\)",
+        ),
     ],
 )
 def test_invalid_configs_raise_clear_errors(mutate, pattern):

@@ -162,3 +162,31 @@ def test_decoder_ignores_padding_coords_and_unused_mask(sessions):
     np.testing.assert_array_equal(other["low_res_masks"], base["low_res_masks"])
     with_mask = dict(feeds, has_mask_input=np.ones(1, np.float32))
     assert not np.allclose(run(sessions["sam_decoder"], **with_mask)["low_res_masks"], base["low_res_masks"])
+
+
+def test_neck_input_config_exports_neck_tokens(tmp_path):
+    """clip_head.input = "neck": patch_tokens are the image embeddings channels-last, and the CLIP head graph
+    takes them (width out_chans), in PyTorch and in the exported encoder + CLIP head graphs."""
+    from model_export.build import build_model
+    from model_export.config import SamClipConfig
+    from model_export.export_onnx import export_bundle
+
+    data = load_config("tiny").to_dict()
+    data.update(name="tiny-neck")
+    # tiny: embed_dim 96 != out_chans 64, so a head built or fed with the wrong width would not even run
+    data["clip_head"].update(input="neck", num_heads=2)
+    cfg = SamClipConfig.from_dict(data)
+    model = build_model(cfg, seed=0).eval()
+    x = torch.randn(1, 3, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        emb, tokens = model.image_encoder(x)
+        image, _ = model.clip_head(tokens)
+    assert torch.equal(tokens, emb.permute(0, 2, 3, 1))
+    export_bundle(model, cfg, tmp_path, {"random_init": True, "seed": 0, "sources": []}, progress=False)
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert manifest["graphs"]["clip_head"]["inputs"][0]["shape"][-1] == 64
+    enc = ort.InferenceSession(str(tmp_path / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    head = ort.InferenceSession(str(tmp_path / "clip_head.onnx"), providers=["CPUExecutionProvider"])
+    onnx_tokens = enc.run(["patch_tokens"], {"image": x.numpy()})[0]
+    onnx_image = head.run(["image_embedding"], {"patch_tokens": onnx_tokens})[0]
+    np.testing.assert_allclose(onnx_image, image.numpy(), atol=1e-4)
