@@ -25,7 +25,9 @@ class StageConfig:
     clip_batch: CLIP images per step (global, split over ranks); sam_batch: SAM images per step, each with
     masks_per_image prompts. lr: CLIP-head learning rate; encoder and SAM head get lr * backbone_lr_scale.
     clip_weight : sam_weight is the paper's 1 : 10; dense_weight > 0 enables the (documented) dense
-    mask-level CLIP distillation on SAM-data images (0 = the paper's recipe exactly).
+    mask-level CLIP distillation on SAM-data images (0 = the paper's recipe exactly); dense_object_weight
+    up-weights patches covered by objects (weight 1 + dense_object_weight * coverage); dense_batch: how many of
+    the SAM images get the dense loss (0 = all).
     """
 
     steps: int
@@ -42,6 +44,7 @@ class StageConfig:
     clip_weight: float = 1.0
     sam_weight: float = 10.0
     dense_weight: float = 0.0
+    dense_object_weight: float = 0.0
     dense_batch: int = 0
 
 

@@ -5,7 +5,8 @@
 3. merge them into a tiny SAM-CLIP with the seed's recipe (training/configs/demo.json: stages 1, 2, 3;
    the SAM teacher's weights initialise the encoder and SAM head, the CLIP teacher's text tower is copied);
 4. export the bundle (``python -m model_export export --model demo --samclip-checkpoint ...``);
-5. evaluate on the held-out sets (incl. the Wise-FT curve) and write DIR/REPORT.md + DIR/report.json.
+5. evaluate on the held-out sets (incl. the Wise-FT curve), measure the issue-7 gates through the service app
+   on the exported bundle (training/demo_gates.py) and write DIR/REPORT.md + DIR/report.json.
 ``--scale`` multiplies every step count (e.g. 0.02 for a smoke run).
 """
 
@@ -28,11 +29,13 @@ import torch
 
 from training.config import load_train_config
 from training.data.shapes import write_imagefolder, write_sa1b, write_semseg
+from training.demo_clip import ClipTeacherRecipe, train_clip_teacher
+from training.demo_gates import measure_gates
 from training.demo_report import evaluate_all, write_report
-from training.demo_teachers import train_clip_teacher, train_sam_teacher
+from training.demo_teachers import train_sam_teacher
 
-TEACHER_STEPS = {"sam": 600, "clip": 600}
-DATA = {"train": 1500, "held_sa": 80, "held_cls": 40, "held_seg": 80}
+TEACHER_STEPS = {"sam": 1200, "clip": ClipTeacherRecipe.steps}
+DATA = {"train": 4000, "singles": 1500, "held_sa": 80, "held_cls": 40, "held_seg": 80}
 
 
 class Clock:
@@ -55,9 +58,13 @@ class Clock:
 
 
 def make_data(root: Path, scale: float) -> dict[str, Path]:
-    n = max(40, int(DATA["train"] * min(1.0, scale * 4)))
+    """Training scenes (1-4 objects) and single-object scenes, both SA-1B style under train/ (the CLIP
+    distillation folder: every image under it), and the held-out evaluation sets."""
+    n, m = (max(40, int(DATA[k] * min(1.0, scale * 4))) for k in ("train", "singles"))
     return {
-        "train": write_sa1b(root / "train_sa", n, seed=1),
+        "train": write_sa1b(root / "train" / "scenes", n, seed=1),
+        "singles": write_sa1b(root / "train" / "singles", m, seed=5, max_objects=1),
+        "clip": root / "train",
         "held_sa": write_sa1b(root / "heldout_sa", DATA["held_sa"], seed=2),
         "held_cls": write_imagefolder(root / "heldout_cls", DATA["held_cls"], seed=3),
         "held_seg": write_semseg(root / "heldout_seg", DATA["held_seg"], seed=4),
@@ -70,7 +77,9 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def merge(out: Path, data: Path, teachers: dict[str, Path], scale: float, procs: int) -> dict[str, Path]:
+def merge(
+    out: Path, data: dict[str, Path], teachers: dict[str, Path], scale: float, procs: int
+) -> dict[str, Path]:
     """Stages 1-3 of the recipe, each `python -m training.train` under torchrun with `procs` CPU processes
     (DDP, gloo); returns each stage's checkpoint."""
     cfg = load_train_config("demo")
@@ -81,7 +90,9 @@ def merge(out: Path, data: Path, teachers: dict[str, Path], scale: float, procs:
         clip_pretrained=str(teachers["clip"]),
     )
     stages = {k: dataclasses.replace(v, steps=max(2, int(v.steps * scale))) for k, v in cfg.stages.items()}
-    cfg = cfg.replace(teacher=teacher, clip_images=str(data), sam_data=str(data), stages=stages, threads=1)
+    cfg = cfg.replace(
+        teacher=teacher, clip_images=str(data["clip"]), sam_data=str(data["train"]), stages=stages, threads=1
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     ckpts, init = {}, []
@@ -105,17 +116,17 @@ def _sam_job(data: Path, out: Path, steps: int) -> Path:
     return train_sam_teacher(data, out, "demo", steps, 8, 1.5e-3, 0)
 
 
-def _clip_job(data: Path, out: Path, steps: int) -> tuple[Path, Path]:
+def _clip_job(data: Path, singles: Path, out: Path, steps: int) -> tuple[Path, Path]:
     torch.set_num_threads(1)
-    return train_clip_teacher(data, out, "demo", steps, 12, 3e-3, 0)
+    return train_clip_teacher(data, singles, out, "demo", ClipTeacherRecipe(steps=steps))
 
 
-def train_teachers(data: Path, out: Path, steps: dict[str, int]) -> dict[str, Path]:
+def train_teachers(data: dict[str, Path], out: Path, steps: dict[str, int]) -> dict[str, Path]:
     """Both teachers at once, one single-threaded process each (2 cores)."""
     out.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
-        sam = pool.submit(_sam_job, data, out, steps["sam"])
-        clip = pool.submit(_clip_job, data, out, steps["clip"])
+        sam = pool.submit(_sam_job, data["train"], out, steps["sam"])
+        clip = pool.submit(_clip_job, data["train"], data["singles"], out, steps["clip"])
         cfg, weights = clip.result()
         return {"sam": sam.result(), "clip_config": cfg, "clip": weights}
 
@@ -138,7 +149,9 @@ def _paths(out: Path) -> tuple[dict[str, Path], dict[str, Path], dict[str, Path]
     """Data, teacher and checkpoint paths of a finished run in `out` (for --eval-only)."""
     d = out / "data"
     data = {
-        "train": d / "train_sa",
+        "train": d / "train" / "scenes",
+        "singles": d / "train" / "singles",
+        "clip": d / "train",
         "held_sa": d / "heldout_sa",
         "held_cls": d / "heldout_cls",
         "held_seg": d / "heldout_seg",
@@ -179,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.eval_only:
         data, teachers, ckpts = _paths(out)
         results = clock.run("eval", evaluate_all, out, data, teachers, ckpts)
+        results["gates"] = clock.run("gates", measure_gates, out / "bundle")
         old = (
             json.loads((out / "report.json").read_text())["timing"] if (out / "report.json").is_file() else {}
         )
@@ -194,10 +208,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.reuse_teachers and all(p.is_file() for p in reuse.values()):
         teachers = reuse  # teachers of an earlier run in the same --out (their time is not counted here)
     else:
-        teachers = clock.run("teachers", train_teachers, data["train"], out / "teachers", steps)
-    ckpts = clock.run("merge", merge, out / "merge", data["train"], teachers, scale, args.procs)
+        teachers = clock.run("teachers", train_teachers, data, out / "teachers", steps)
+    ckpts = clock.run("merge", merge, out / "merge", data, teachers, scale, args.procs)
     clock.run("export", export, ckpts["3"], out / "bundle")
     results = clock.run("eval", evaluate_all, out, data, teachers, ckpts)
+    results["gates"] = clock.run("gates", measure_gates, out / "bundle")
     results["steps"] = {"teachers": steps, "scale": scale}
     timing = {"total_wall_s": round(time.time() - clock.t0, 1), "phases": clock.phases, "procs": args.procs}
     _finish(out, results, timing)

@@ -89,6 +89,22 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def _gate_lines(g: dict | None) -> list[str]:
+    if not g:
+        return []
+    ious = ", ".join(f"{x:.2f}" for x in g["segment_ious"])
+    return [
+        "## Issue-7 gates through the service app (training/demo_gates.py, default backend)",
+        "",
+        f"- `/segment?text=red circle`, {len(g['segment_ious'])} scenes with one red circle among 3-4 shapes: "
+        f"IoU {ious} (min {min(g['segment_ious']):.2f}; gate >= 0.7 on each: "
+        f"{'met' if g['segment_pass'] else 'NOT met'});",
+        f"- `/classify` circle/square/triangle on {g['classify_n']} single-shape images: top-1 "
+        f"{_pct(g['classify_acc'])}% (gate >= 90%: {'met' if g['classify_pass'] else 'NOT met'}).",
+        "",
+    ]
+
+
 def write_report(res: dict, path: Path) -> None:
     """Markdown report in the seed's table forms (Table 1, Table 4, Figure 6 as a table)."""
     m, ts, se = res["merged"], res["teacher_sam"], res["semseg"]
@@ -129,6 +145,7 @@ def write_report(res: dict, path: Path) -> None:
             for c in res["wise_ft"]
         ],
         "",
+        *_gate_lines(res.get("gates")),
         "## Time",
         "",
         f"Total wall time {t['total_wall_s']} s ({t['procs']} single-threaded processes where parallel); per phase "

@@ -76,11 +76,18 @@ def sam_supervised_loss(logits: torch.Tensor, iou_pred: torch.Tensor, gt: torch.
 
 
 def contrastive_loss(
-    image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, pos: torch.Tensor
+    image: torch.Tensor,
+    text: torch.Tensor,
+    scale: torch.Tensor,
+    pos: torch.Tensor,
+    ignore: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric multi-positive InfoNCE for (B, D) images and (T, D) texts; pos (B, T) bool says which texts
-    truly describe which images (every image needs one). Texts without a positive image only act as negatives."""
+    truly describe which images (every image needs one). Texts without a positive image only act as negatives.
+    ignore (B, T) bool: pairs left out of both softmaxes (neither positive nor negative)."""
     logits = scale * image.float() @ text.float().t()
+    if ignore is not None:
+        logits = logits.masked_fill(ignore & ~pos, -1e4)  # exp(-1e4 - max) == 0
     p = pos.float()
     li = torch.sum(-(p / p.sum(1, keepdim=True)) * F.log_softmax(logits, 1), 1).mean()
     has = p.sum(0) > 0
@@ -90,21 +97,38 @@ def contrastive_loss(
 
 
 def background_calibration_loss(
-    sims: torch.Tensor, target: torch.Tensor, background_index: int, margin: float = 0.05
+    sims: torch.Tensor,
+    target: torch.Tensor,
+    background_index: int,
+    margin: float = 0.05,
+    own_margin: float | None = None,
+    background_cap: float | None = None,
 ) -> torch.Tensor:
     """Hinge loss making the "background" text an "other / none" class for CLIP-teacher training.
 
-    sims (B, T) cosine similarities of object crops to the T class texts (one of which is background);
-    target (B,) index of each crop's class. For object crops: sim(own) > sim(bg) + m and
-    sim(bg) > max sim(other objects) + m; for background crops nothing is added (InfoNCE covers them).
+    sims (B, T) cosine similarities of images to the T class texts (one of which is background); target (B,)
+    each image's class (`background_index` for object-free images). For object images:
+    sim(own) > sim(bg) + own_margin (default: margin) and sim(bg) > max sim(other objects) + margin. For
+    background images, with `background_cap`: margin <= sim(bg) - sim(class) <= background_cap for every object
+    class, so the text-vs-"background" margins of objects and of backgrounds are alike: mixing an object's and
+    the background's embedding then crosses the decision at an even mix (the dense targets' boundary patches).
+    Without it, background images add nothing (InfoNCE covers them).
     """
     obj = target != background_index
-    if not obj.any():
-        return sims.sum() * 0
-    s, t = sims[obj], target[obj]
-    own = s.gather(1, t[:, None])[:, 0]
-    bg = s[:, background_index]
-    other = s.clone()
-    other.scatter_(1, t[:, None], -2.0)
-    other[:, background_index] = -2.0
-    return (F.relu(bg + margin - own) + F.relu(other.max(1).values + margin - bg)).mean()
+    own_margin = margin if own_margin is None else own_margin
+    loss = sims.sum() * 0
+    if obj.any():
+        s, t = sims[obj], target[obj]
+        own = s.gather(1, t[:, None])[:, 0]
+        bg = s[:, background_index]
+        other = s.clone()
+        other.scatter_(1, t[:, None], -2.0)
+        other[:, background_index] = -2.0
+        loss = loss + (F.relu(bg + own_margin - own) + F.relu(other.max(1).values + margin - bg)).mean()
+    if background_cap is not None and (~obj).any():
+        s = sims[~obj]
+        gap = s[:, background_index : background_index + 1] - torch.cat(
+            [s[:, :background_index], s[:, background_index + 1 :]], dim=1
+        )
+        loss = loss + (F.relu(gap - background_cap) + F.relu(margin - gap)).mean()
+    return loss

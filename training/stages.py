@@ -8,7 +8,12 @@ the text tower and logit scale stay frozen (they are the CLIP teacher's).
 Losses: CLIP distillation (1 - cos between the head's pooled embedding and the teacher's image embedding)
 weighted ``clip_weight``; SAM self-distillation (student vs frozen teacher SAM masks and IoUs for the same
 prompts) weighted ``sam_weight`` (1 : 10 in the seed); optional dense mask-level CLIP distillation weighted
-``dense_weight`` (an addition for the demo, 0 in paper.json; see training/README.md).
+``dense_weight`` (an addition for the demo, 0 in paper.json; see training/README.md); patches are weighted
+``1 + dense_object_weight * object coverage`` so the few object patches are not drowned by background ones.
+
+SAM-data items carry no augmentation, so the dense targets of a (record, mask set) never change and, while the
+encoder is frozen (stages 1 and 3), neither do its tokens: :class:`FeatureCache` keeps both (fp16) so later
+epochs only run the CLIP head on them.
 """
 
 from __future__ import annotations
@@ -46,25 +51,61 @@ def set_trainable(model: nn.Module, stage: StageConfig) -> list[dict]:
 
 @torch.no_grad()
 def dense_targets(
-    teacher: ClipTeacher, images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor, grid: int
-):
+    teacher: ClipTeacher,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    valid: torch.Tensor,
+    grid: int,
+    backgrounds: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-patch CLIP targets from the teacher: each patch's target is the coverage-weighted mix of the
     teacher embeddings of the instance crops covering it and of the object-free image (background).
 
-    images (B, 3, S, S) uint8, masks (B, M, S, S) bool, valid (B, M) -> targets (B, grid, grid, D)."""
-    out = []
+    images (B, 3, S, S) uint8, masks (B, M, S, S) bool, valid (B, M), backgrounds (B, 3, S, S) uint8 object-free
+    images (None: inpainted here from the valid masks) -> (targets (B, grid, grid, D), object coverage
+    (B, grid, grid) float in [0, 1])."""
+    out, covered = [], []
+    size = (teacher.image_size, teacher.image_size)
     for b in range(images.shape[0]):
         m = masks[b][valid[b]]
         crops = instance_crops(images[b], m, teacher.image_size)
-        size = (teacher.image_size, teacher.image_size)
-        bg = F.interpolate(
-            remove_objects(images[b], m)[None].float(), size=size, mode="bilinear", antialias=True
-        )
+        bg = backgrounds[b] if backgrounds is not None else remove_objects(images[b], m)
+        bg = F.interpolate(bg[None].float(), size=size, mode="bilinear", antialias=True)
         emb = teacher.encode_image(torch.cat([crops.float(), bg]))
         cov = patch_coverage(m, grid)
-        cov = torch.cat([cov, (1 - cov.sum(0, keepdim=True)).clamp_min(0)])
+        objects = cov.sum(0).clamp(0, 1)
+        cov = torch.cat([cov, (1 - objects)[None]])
         out.append(F.normalize(torch.einsum("khw,kd->hwd", cov, emb), dim=-1))
-    return torch.stack(out)
+        covered.append(objects)
+    return torch.stack(out), torch.stack(covered)
+
+
+class FeatureCache:
+    """Per (record index, sorted mask indices): dense targets + object coverage, and frozen-encoder tokens.
+
+    Values are stored on CPU in fp16; ``get`` returns float32 on the requested device, or None on a miss."""
+
+    def __init__(self) -> None:
+        self.store: dict[tuple, tuple[torch.Tensor, ...]] = {}
+
+    @staticmethod
+    def key(sam: dict, b: int, what: str) -> tuple:
+        ann = sam["ann_index"][b]
+        return (what, int(sam["index"][b]), tuple(sorted(int(a) for a in ann[sam["valid"][b]])))
+
+    def get(self, sam: dict, n: int, what: str, device: torch.device) -> tuple[torch.Tensor, ...] | None:
+        if "index" not in sam:
+            return None
+        hits = [self.store.get(self.key(sam, b, what)) for b in range(n)]
+        if any(h is None for h in hits):
+            return None
+        return tuple(torch.stack([h[i] for h in hits]).to(device).float() for i in range(len(hits[0])))
+
+    def put(self, sam: dict, what: str, *values: torch.Tensor) -> None:
+        if "index" not in sam:
+            return
+        for b in range(values[0].shape[0]):
+            self.store[self.key(sam, b, what)] = tuple(v[b].detach().to("cpu", torch.float16) for v in values)
 
 
 class MergeObjective(nn.Module):
@@ -85,6 +126,7 @@ class MergeObjective(nn.Module):
             stage,
         )
         self.encoder_frozen = stage.train != "all"
+        self.cache = FeatureCache()
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.student.normalize(images)
@@ -109,6 +151,31 @@ class MergeObjective(nn.Module):
             losses.append(sam_distill_loss(s_logits, t_logits, s_iou, t_iou))
         return torch.stack(losses).mean() if losses else emb.sum() * 0
 
+    def dense_loss(self, sam: dict, tokens: torch.Tensor | None) -> torch.Tensor:
+        """Mask-level CLIP distillation on the first ``dense_batch`` SAM images (targets and, with the encoder
+        frozen, tokens come from the cache after the first epoch)."""
+        images = sam["image"]
+        n, device = self.stage.dense_batch or images.shape[0], images.device
+        if tokens is None and self.encoder_frozen:
+            hit = self.cache.get(sam, n, "tokens", device)
+            if hit is None:
+                hit = (self.encode(images[:n])[1],)
+                self.cache.put(sam, "tokens", *hit)
+            tokens = hit[0]
+        elif tokens is None:
+            tokens = self.encode(images[:n])[1]
+        targets = self.cache.get(sam, n, "targets", device)
+        if targets is None:
+            back = sam["background"][:n] if "background" in sam else None
+            grid = tokens.shape[1]
+            targets = dense_targets(
+                self.clip_teacher, images[:n], sam["masks"][:n], sam["valid"][:n], grid, back
+            )
+            self.cache.put(sam, "targets", *targets)
+        target, objects = targets
+        dense = self.student.clip_head(tokens[:n])[1]
+        return dense_distill_loss(dense, target, 1.0 + self.stage.dense_object_weight * objects)
+
     def forward(self, clip_images: torch.Tensor | None, sam: dict | None, seed: int = 0):
         st, logs = self.stage, {}
         total = torch.zeros((), device=self.student.logit_scale.device)
@@ -116,18 +183,13 @@ class MergeObjective(nn.Module):
             logs["clip"] = self.clip_loss(clip_images)
             total = total + st.clip_weight * logs["clip"]
         if sam is not None:
-            images = sam["image"]
-            emb, tokens = self.encode(images)
+            images, emb, tokens = sam["image"], None, None
             if st.sam_weight > 0 and st.train == "all" and self.sam_teacher is not None:
+                emb, tokens = self.encode(images)
                 gen = torch.Generator().manual_seed(seed)
                 logs["sam"] = self.sam_loss(emb, images, sam, gen)
                 total = total + st.sam_weight * logs["sam"]
             if st.dense_weight > 0:
-                n = st.dense_batch or images.shape[0]
-                target = dense_targets(
-                    self.clip_teacher, images[:n], sam["masks"][:n], sam["valid"][:n], emb.shape[-1]
-                )
-                dense = self.student.clip_head(tokens[:n])[1]
-                logs["dense"] = dense_distill_loss(dense, target, torch.ones(target.shape[:3]))
+                logs["dense"] = self.dense_loss(sam, tokens)
                 total = total + st.dense_weight * logs["dense"]
         return total, {k: float(v.detach()) for k, v in logs.items()}

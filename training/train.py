@@ -80,9 +80,8 @@ def _loaders(cfg: TrainConfig, stage, rank: int, world: int, image_size: int):
         ds = ImageFolderImages(cfg.clip_images, seed=cfg.seed + rank)
         clip = make_loader(ds, stage.clip_batch, stage.clip_resolutions, cfg.seed, rank, world)
     if stage.sam_batch > 0:
-        ds = SA1BDataset(
-            cfg.sam_data, stage.sam_resolution or image_size, stage.masks_per_image, cfg.seed + rank
-        )
+        size = stage.sam_resolution or image_size
+        ds = SA1BDataset(cfg.sam_data, size, stage.masks_per_image, cfg.seed + rank, stage.dense_weight > 0)
         sam = make_loader(ds, stage.sam_batch, (ds.size,), cfg.seed + 1, rank, world)
     return clip, sam
 

@@ -26,7 +26,7 @@ def teacher_files(tmp_path_factory) -> dict[str, Path]:
 
     from model_export.build import build_model
     from model_export.checkpoint import SAM_PREFIXES
-    from training.demo_teachers import clip_model_config
+    from training.demo_clip import clip_model_config
 
     root = tmp_path_factory.mktemp("teachers")
     cfg = root / "demo-clip.json"

@@ -116,3 +116,26 @@ def test_lr_schedule_applies_to_the_configured_base_lrs(test_config, tmp_path):
     groups = torch.load(tmp_path / "lr" / "state.pt", weights_only=True)["optim"]["param_groups"]
     factor = lr_factor(3, 4, 2)  # lr of the last step (cosine after a linear warm-up)
     assert [g["lr"] for g in groups] == pytest.approx([1e-3 * factor, 1e-4 * factor])
+
+
+def test_frozen_stage_cache_matches_fresh_features_and_skips_the_encoder(test_config, shapes_data):
+    cfg = test_config
+    stage = dataclasses.replace(cfg.stage("1"), dense_weight=1.0, clip_weight=0.0)
+    clip_teacher = load_clip_teacher(cfg.teacher)
+    student = build_student(cfg, None, clip_teacher.model).train()
+    set_trainable(student, stage)
+    objective = MergeObjective(student, clip_teacher, None, stage)
+    sam_ds = SA1BDataset(shapes_data, 128, 4, backgrounds=True)
+    batch = torch.utils.data.default_collate([sam_ds[i] for i in range(2)])
+    fresh = objective(None, batch)[1]["dense"]
+    calls = []
+    hook = student.image_encoder.register_forward_hook(lambda *a: calls.append(1))
+    cached = objective(None, batch)[1]["dense"]
+    hook.remove()
+    assert calls == []  # second pass: tokens and targets from the cache
+    assert cached == pytest.approx(fresh, rel=2e-3)
+    uncached = MergeObjective(student, clip_teacher, None, dataclasses.replace(stage, train="all"))
+    assert uncached(None, batch)[1]["dense"] == pytest.approx(fresh, rel=2e-3)
+    other = {**batch, "index": batch["index"] + 100}  # another record: a miss, the encoder runs again
+    objective(None, other)
+    assert len(objective.cache.store) == 8

@@ -7,7 +7,10 @@
   ``{"image": (3, S, S) uint8, "masks": (M, S, S) bool, "valid": (M,) bool}``: the image resized so its
   longest side is S and zero-padded bottom/right (SAM preprocessing), up to M randomly chosen instance masks
   transformed the same way (nearest), padded with empty masks marked invalid; ``"ann_index": (M,) int64``
-  gives each mask's position in the record's annotation list (-1 for padding).
+  gives each mask's position in the record's annotation list (-1 for padding), ``"index": () int64`` the
+record's index (items of one record and mask set are identical: no augmentation, so features may be cached). With ``backgrounds=True`` items
+  also carry ``"background": (3, S, S) uint8``, the resized image with ALL its annotated objects inpainted away
+  (:func:`training.crops.remove_objects`), computed once per record and kept in memory.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from training.crops import remove_objects
 from training.data.shapes import read_sa1b_record
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -78,12 +82,15 @@ class ImageFolderImages(Dataset):
 class SA1BDataset(Dataset):
     """SA-1B-style records for SAM distillation (see module docstring for the item layout)."""
 
-    def __init__(self, root: str | Path, size: int, masks_per_image: int, seed: int = 0) -> None:
+    def __init__(
+        self, root: str | Path, size: int, masks_per_image: int, seed: int = 0, backgrounds: bool = False
+    ) -> None:
         self.records = sorted(p for p in Path(root).glob("*.json") if not p.name.startswith(("coco", "capt")))
         if not self.records:
             raise FileNotFoundError(f"no SA-1B-style records under {root}")
         self.size, self.m, self.seed = size, masks_per_image, seed
         self._epoch = 0
+        self._backgrounds: dict[int, torch.Tensor] | None = {} if backgrounds else None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -100,10 +107,26 @@ class SA1BDataset(Dataset):
         ann_index = torch.full((self.m,), -1, dtype=torch.long)
         for j, a in enumerate(chosen):
             ann_index[j] = int(a)
-            mask = torch.from_numpy(anns[a]["mask"])[None].float()
-            masks[j] = resize_longest_pad(mask, self.size, mode="nearest")[0] > 0.5
+            masks[j] = self._mask(anns[a])
             valid[j] = bool(masks[j].any())
-        return {"image": img, "masks": masks, "valid": valid, "ann_index": ann_index}
+        item = {
+            "image": img,
+            "masks": masks,
+            "valid": valid,
+            "ann_index": ann_index,
+            "index": torch.tensor(idx),
+        }
+        if self._backgrounds is not None:
+            if idx not in self._backgrounds:
+                every = torch.stack([self._mask(a) for a in anns]) if anns else masks[:0]
+                self._backgrounds[idx] = remove_objects(img, every)
+            item["background"] = self._backgrounds[idx]
+        return item
+
+    def _mask(self, ann: dict) -> torch.Tensor:
+        """An annotation's mask in the model frame: (S, S) bool (resized longest side, padded, nearest)."""
+        mask = torch.from_numpy(ann["mask"])[None].float()
+        return resize_longest_pad(mask, self.size, mode="nearest")[0] > 0.5
 
     def annotations(self, idx: int) -> list[dict]:
         """Record `idx`'s annotation dicts (RLE, bbox, and any extra fields such as "shape"/"color")."""
