@@ -60,6 +60,7 @@ def merged_figures(ckpt: Path, data: dict[str, Path]) -> dict:
         "top1": tasks.classify(r.clip_images, r.text_classes, data["held_cls"])["top1"],
         "box_miou": inst["box_miou"],
         "ap": inst["ap"],
+        "semseg_128": tasks.semseg(r, data["held_seg"], 128)["miou"],
     }
 
 
@@ -138,10 +139,11 @@ def write_report(res: dict, path: Path) -> None:
         "",
         "## Figure 6 form: Wise-FT between stage-1 (SAM encoder untouched) and the final model",
         "",
-        "| alpha | 0-shot top-1 (%) | box-prompt mIoU (%) | mask AP |",
-        "|---|---|---|---|",
+        "| alpha | 0-shot top-1 (%) | box-prompt mIoU (%) | mask AP | CLIP-head semseg mIoU 128px (%) |",
+        "|---|---|---|---|---|",
         *[
-            f"| {c['alpha']} | {_pct(c['top1'])} | {_pct(c['box_miou'])} | {_pct(c['ap'])} |"
+            f"| {c['alpha']} | {_pct(c['top1'])} | {_pct(c['box_miou'])} | {_pct(c['ap'])} | "
+            f"{_pct(c['semseg_128']) if 'semseg_128' in c else '-'} |"
             for c in res["wise_ft"]
         ],
         "",
