@@ -27,7 +27,8 @@ class StageConfig:
     clip_weight : sam_weight is the paper's 1 : 10; dense_weight > 0 enables the (documented) dense
     mask-level CLIP distillation on SAM-data images (0 = the paper's recipe exactly); dense_object_weight
     up-weights patches covered by objects (weight 1 + dense_object_weight * coverage); dense_batch: how many of
-    the SAM images get the dense loss (0 = all).
+    the SAM images get the dense loss (0 = all); dense_cache_gib: per-process memory bound of the dense
+    targets / frozen-encoder tokens cache (training.stages.FeatureCache; 0 = no cache).
     """
 
     steps: int
@@ -46,6 +47,7 @@ class StageConfig:
     dense_weight: float = 0.0
     dense_object_weight: float = 0.0
     dense_batch: int = 0
+    dense_cache_gib: float = 2.0
 
 
 @dataclass(frozen=True)

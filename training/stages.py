@@ -83,10 +83,12 @@ def dense_targets(
 class FeatureCache:
     """Per (record index, sorted mask indices): dense targets + object coverage, and frozen-encoder tokens.
 
-    Values are stored on CPU in fp16; ``get`` returns float32 on the requested device, or None on a miss."""
+    Values are stored on CPU in fp16, at most `max_bytes` of them (later entries are not kept: at SA-1B scale
+    the cache holds a prefix and the rest is recomputed); ``get`` returns float32 on `device`, or None on a miss."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int) -> None:
         self.store: dict[tuple, tuple[torch.Tensor, ...]] = {}
+        self.max_bytes, self.bytes = max_bytes, 0
 
     @staticmethod
     def key(sam: dict, b: int, what: str) -> tuple:
@@ -105,7 +107,12 @@ class FeatureCache:
         if "index" not in sam:
             return
         for b in range(values[0].shape[0]):
-            self.store[self.key(sam, b, what)] = tuple(v[b].detach().to("cpu", torch.float16) for v in values)
+            entry = tuple(v[b].detach().to("cpu", torch.float16) for v in values)
+            size = sum(v.numel() * v.element_size() for v in entry)
+            if self.bytes + size > self.max_bytes:
+                return
+            self.store[self.key(sam, b, what)] = entry
+            self.bytes += size
 
 
 class MergeObjective(nn.Module):
@@ -126,7 +133,7 @@ class MergeObjective(nn.Module):
             stage,
         )
         self.encoder_frozen = stage.train != "all"
-        self.cache = FeatureCache()
+        self.cache = FeatureCache(int(stage.dense_cache_gib * 2**30))
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.student.normalize(images)

@@ -139,3 +139,8 @@ def test_frozen_stage_cache_matches_fresh_features_and_skips_the_encoder(test_co
     other = {**batch, "index": batch["index"] + 100}  # another record: a miss, the encoder runs again
     objective(None, other)
     assert len(objective.cache.store) == 8
+    per_entry = objective.cache.bytes // 8
+    bounded = MergeObjective(student, clip_teacher, None, dataclasses.replace(stage, dense_cache_gib=0))
+    bounded.cache.max_bytes = 3 * per_entry  # room for 3 of the 4 entries of one batch
+    bounded(None, batch)
+    assert len(bounded.cache.store) == 3 and bounded.cache.bytes <= 3 * per_entry

@@ -8,9 +8,10 @@
   longest side is S and zero-padded bottom/right (SAM preprocessing), up to M randomly chosen instance masks
   transformed the same way (nearest), padded with empty masks marked invalid; ``"ann_index": (M,) int64``
   gives each mask's position in the record's annotation list (-1 for padding), ``"index": () int64`` the
-record's index (items of one record and mask set are identical: no augmentation, so features may be cached). With ``backgrounds=True`` items
-  also carry ``"background": (3, S, S) uint8``, the resized image with ALL its annotated objects inpainted away
-  (:func:`training.crops.remove_objects`), computed once per record and kept in memory.
+  record's index (items of one record and mask set are identical: no augmentation, so features may be
+  cached). With ``backgrounds=True`` items also carry ``"background": (3, S, S) uint8``, the resized image
+  with ALL its annotated objects inpainted away (:func:`training.crops.remove_objects`), computed once per
+  record and kept in memory.
 """
 
 from __future__ import annotations
