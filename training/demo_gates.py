@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from service.pipeline.postprocess import decode_rle
 from training.data.shapes import SHAPES, Scene, make_scene
 
 SEG_SCENES, CLS_PER_SHAPE = 10, 10
@@ -51,14 +52,6 @@ def single_shape_scenes(per_shape: int = CLS_PER_SHAPE) -> list[tuple[Scene, str
         for k, shape in enumerate(SHAPES)
         for i in range(per_shape)
     ]
-
-
-def decode_rle(rle: dict) -> np.ndarray:
-    """COCO RLE dict from the service -> (H, W) bool."""
-    from pycocotools import mask as mask_utils
-
-    counts = rle["counts"].encode() if isinstance(rle["counts"], str) else rle["counts"]
-    return mask_utils.decode({"size": rle["size"], "counts": counts}).astype(bool)
 
 
 @contextmanager
