@@ -71,33 +71,29 @@ def service_client(bundle: Path, ready_timeout_s: float = 60.0) -> Iterator:
         yield client
 
 
+def post_image(client, path: str, params: dict, image: np.ndarray) -> dict:
+    """POST `image` (H, W, 3) uint8 as a PNG multipart field to `path`; the JSON reply (raises on non-2xx)."""
+    r = client.post(path, params=params, files={"image": ("x.png", png_bytes(image), "image/png")})
+    r.raise_for_status()
+    return r.json()
+
+
 def segment_ious(client) -> list[float]:
     """IoU per red-circle scene of the /segment?text=red circle mask."""
     ious = []
     for scene, gt in one_red_circle_scenes():
-        r = client.post(
-            "/segment",
-            params={"text": "red circle"},
-            files={"image": ("x.png", png_bytes(scene.image), "image/png")},
-        )
-        r.raise_for_status()
-        mask = decode_rle(r.json()["masks"][0]["segmentation"])
+        reply = post_image(client, "/segment", {"text": "red circle"}, scene.image)
+        mask = decode_rle(reply["masks"][0]["segmentation"])
         ious.append(float((mask & gt).sum() / max(1, (mask | gt).sum())))
     return ious
 
 
 def classify_hits(client) -> list[bool]:
     """Per single-shape image: did /classify rank the right shape first?"""
-    hits = []
-    for scene, shape in single_shape_scenes():
-        r = client.post(
-            "/classify",
-            params={"labels": list(SHAPES)},
-            files={"image": ("x.png", png_bytes(scene.image), "image/png")},
-        )
-        r.raise_for_status()
-        hits.append(r.json()["labels"][0]["label"] == shape)
-    return hits
+    return [
+        post_image(client, "/classify", {"labels": list(SHAPES)}, scene.image)["labels"][0]["label"] == shape
+        for scene, shape in single_shape_scenes()
+    ]
 
 
 def measure_gates(bundle: Path) -> dict:
