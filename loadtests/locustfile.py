@@ -4,53 +4,63 @@
   clicks on that `image_id` (points, sometimes a box), then the next image. Exercises the embedding cache.
 - TextSegmentUser: a batch pipeline posting NEW images to POST /segment?text=... (every call is an encoder pass).
 - ClassifyUser: zero-shot tagging with POST /classify and a label set (new images; labels hit the text cache).
+- RefineUser: POST /segment/refine?text=... with a NEW image, then more texts on the same `image_id`.
+- ConstantArrivalUser (weight 0 unless SAMCLIP_LT_WEIGHT_ARRIVAL is set): an OPEN-loop load at a constant
+  arrival rate, see below.
 
-Images are generated in code (loadtests/images.py), a new seed per image so every upload is a cache miss.
+Every upload is a never-seen image (loadtests/client.py ImageSource): a small synthetic drawing, or with
+probability SAMCLIP_LT_PHOTO_FRACTION a real-size photo (3-12 MP, generated once and cached on disk). Every
+request about an image sends `X-Image-Id: <sha256 hex>`; a 404 on an `image_id` is a failure; 429/503 are
+failures whose `Retry-After` the user honours before its next task (loadtests/client.py).
+
+Constant arrival rate. Locust's `constant_throughput(r)` / `constant_pacing(t)` are closed loops: a user waits
+for its answer before its next task, so once latency exceeds 1/r the user runs late and the offered rate drops
+exactly when the server slows down (coordinated omission). A `LoadTestShape` only sets the number of users, so it
+has the same flaw. ConstantArrivalUser therefore schedules request k at t0 + k / rate on an absolute clock and
+sends each one in its own greenlet, whatever the earlier ones are doing: the offered rate stays `rate` until
+SAMCLIP_LT_ARRIVAL_MAX_OUTSTANDING requests are in flight; an arrival beyond that is recorded as a failure
+("dropped", name "ARRIVAL dropped") instead of silently lowering the rate. Run ONE such user
+(`python -m loadtests.run --scenario arrival --rate R`). It keeps its rate after a 429 (that is the point of an
+open model); the 429s are counted.
 
 Settings (environment variables):
-    SAMCLIP_LT_WEIGHT_CLICK / _TEXT / _CLASSIFY   user-class weights (default 3 / 2 / 1; 0 disables a class)
+    SAMCLIP_LT_WEIGHT_CLICK / _TEXT / _CLASSIFY / _REFINE / _ARRIVAL   class weights (3 / 2 / 1 / 1 / 0; 0 = off)
     SAMCLIP_LT_WAIT_MIN / SAMCLIP_LT_WAIT_MAX     seconds between a user's tasks (default 0.5 / 2.0)
-    SAMCLIP_LT_CLICKS_PER_IMAGE                   prompt calls before a click user moves on (default 8)
-    SAMCLIP_LT_IMAGE_SIZE                         base image size WxH (default 640x480)
-    SAMCLIP_LT_IMAGE_POOL                         distinct drawn images (default 32; each upload is still unique)
+    SAMCLIP_LT_CLICKS_PER_IMAGE                   mean prompt calls per image, +-50 % (default 8)
+    SAMCLIP_LT_REFINES_PER_IMAGE                  refine calls per image, the first one uploads (default 2)
+    SAMCLIP_LT_IMAGE_SIZE / SAMCLIP_LT_IMAGE_POOL synthetic image base size WxH (640x480) / pool size (32)
+    SAMCLIP_LT_PHOTO_FRACTION                     share of uploads that are real-size photos (default 0.2)
+    SAMCLIP_LT_PHOTO_SIZES                        photo sizes, e.g. 2000x1500,4000x3000 (default 3, 8, 12 MP)
+    SAMCLIP_LT_PHOTO_DIR                          photo disk cache (default ~/.cache/samclip-loadtests/photos)
+    SAMCLIP_LT_RETRY_AFTER_CAP                    longest Retry-After honoured, seconds (default 30)
+    SAMCLIP_LT_ARRIVAL_RATE / _MAX_OUTSTANDING / _OP   arrivals per second per arrival user (default 2), most in
+                                                  flight (64), request per arrival: segment|classify|refine|embed
     SAMCLIP_LT_API_KEY                            sent as X-API-Key when set
-    SAMCLIP_LT_RECORD                             path: per-request (endpoint, status, latency) JSON written at
-                                                  test stop (loadtests/run.py uses it for per-status percentiles)
-
-Expected statuses: 200 is success; 429 (queue full) and 503 (draining) are back-pressure, recorded as failures
-with the message "HTTP <status>" so Locust's tables count them; anything else is a failure too.
+    SAMCLIP_LT_RECORD / SAMCLIP_LT_EVENTS         per-request recording for the runners (loadtests/recording.py)
 """
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import random
-import threading
-from collections import defaultdict
+import sys
+import time
 from pathlib import Path
 
-from locust import HttpUser, between, events, task
+import gevent
+from gevent.pool import Pool
+from locust import events, task
+from urllib3 import PoolManager
 
-try:
-    from loadtests.images import make_image
-except ImportError:  # `locust -f loadtests/locustfile.py` from elsewhere: Locust puts this folder on sys.path
-    from images import make_image
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `locust -f loadtests/locustfile.py` anywhere
 
+from loadtests import recording  # noqa: E402,F401  (registers the recording listeners)
+from loadtests.client import IMAGES, SamclipUser, env_float, env_int  # noqa: E402
 
-def _env_float(name: str, default: float) -> float:
-    return float(os.environ.get(name, default))
-
-
-def _env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))
-
-
-WAIT = between(_env_float("SAMCLIP_LT_WAIT_MIN", 0.5), _env_float("SAMCLIP_LT_WAIT_MAX", 2.0))
-CLICKS_PER_IMAGE = _env_int("SAMCLIP_LT_CLICKS_PER_IMAGE", 8)
-POOL_SIZE = _env_int("SAMCLIP_LT_IMAGE_POOL", 32)
-IMAGE_SIZE = tuple(int(v) for v in os.environ.get("SAMCLIP_LT_IMAGE_SIZE", "640x480").lower().split("x"))
+CLICKS_PER_IMAGE = env_int("SAMCLIP_LT_CLICKS_PER_IMAGE", 8)
+REFINES_PER_IMAGE = env_int("SAMCLIP_LT_REFINES_PER_IMAGE", 2)
+ARRIVAL_RATE = env_float("SAMCLIP_LT_ARRIVAL_RATE", 2.0)
+ARRIVAL_MAX_OUTSTANDING = env_int("SAMCLIP_LT_ARRIVAL_MAX_OUTSTANDING", 64)
 TEXTS = ["dog", "cat", "person", "car", "tree", "building", "sky", "road"]
 LABEL_SETS = [
     ["dog", "cat", "bird", "horse"],
@@ -58,71 +68,33 @@ LABEL_SETS = [
     ["apple", "banana", "orange"],
 ]
 
-_seeds = itertools.count(random.SystemRandom().randrange(1 << 30))
-_seed_lock = threading.Lock()
+
+@events.init.add_listener
+def _load_images(environment, **_):
+    IMAGES.load()  # photos are read (or generated once) before any user starts
+    gevent.get_hub().loop.update_now()  # else libev's cached clock makes `-t` count the time spent loading
 
 
-_pool: list[bytes] = []
-
-
-def new_image() -> bytes:
-    """A never-seen-before JPEG: one of POOL_SIZE pre-drawn images with a unique JPEG comment (COM) segment, so
-    its bytes (and sha256: the server's cache key) are new while no image is drawn inside the timed loop (the
-    gevent-based client would otherwise stall every user while one draws, inflating measured latencies)."""
-    with _seed_lock:
-        if not _pool:
-            _pool.extend(make_image(seed, base_size=IMAGE_SIZE) for seed in range(POOL_SIZE))
-        count = next(_seeds)
-    base = _pool[count % len(_pool)]
-    comment = f"samclip-loadtest {count}".encode()
-    return base[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + base[2:]
-
-
-# --- per-request recording (endpoint, status, latency) for loadtests/run.py ---------------------------------
-_records: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-
-
-@events.request.add_listener
-def _record(request_type, name, response_time, response_length, response=None, exception=None, **_):
-    status = getattr(response, "status_code", None) or 0  # 0: connection error / no response
-    _records[f"{request_type} {name}"][str(status)].append(float(response_time))
-
-
-@events.test_stop.add_listener
-def _dump(environment, **_):
-    path = os.environ.get("SAMCLIP_LT_RECORD")
-    if path:
-        Path(path).write_text(json.dumps({name: dict(by_status) for name, by_status in _records.items()}))
-
-
-class SamclipUser(HttpUser):
-    abstract = True
-    wait_time = WAIT
-
-    def on_start(self) -> None:
-        key = os.environ.get("SAMCLIP_LT_API_KEY")
-        if key:
-            self.client.headers["X-API-Key"] = key
-
-    def post_checked(self, path: str, name: str, **kwargs) -> dict | None:
-        """POST and classify the answer; returns the JSON body on 200, else None (a recorded failure)."""
-        with self.client.post(path, name=name, catch_response=True, **kwargs) as response:
-            if response.status_code == 200:
-                try:
-                    body = response.json()
-                except ValueError:
-                    response.failure("200 with a body that is not JSON")
-                    return None
-                response.success()
-                return body
-            response.failure(f"HTTP {response.status_code}")
-            return None
+def random_prompt(width: int, height: int) -> dict:
+    """One SAM prompt in original-image pixels: 1-3 positive points, a box 30% of the time."""
+    points = [
+        {"x": random.uniform(0, width - 1), "y": random.uniform(0, height - 1), "label": 1}
+        for _ in range(random.randint(1, 3))
+    ]
+    prompt: dict = {"points": points}
+    if random.random() < 0.3:
+        x0, y0 = random.uniform(0, width / 2), random.uniform(0, height / 2)
+        prompt["box"] = [x0, y0, x0 + width / 3, y0 + height / 3]
+    return prompt
 
 
 class ClickToSegmentUser(SamclipUser):
-    """One /embed per image, then CLICKS_PER_IMAGE /segment/prompt calls by image_id."""
+    """One /embed per image, then CLICKS_PER_IMAGE (+-50 %, so users do not move in step) /segment/prompt calls
+    by image_id. A 404 (evicted, or
+    routed to a replica that does not hold the image) is a failure and the user moves on to a NEW image, so an
+    image is embedded once and the share of 200s among the clicks is the `image_id` hit ratio."""
 
-    weight = _env_int("SAMCLIP_LT_WEIGHT_CLICK", 3)
+    weight = env_int("SAMCLIP_LT_WEIGHT_CLICK", 3)
 
     def on_start(self) -> None:
         super().on_start()
@@ -130,71 +102,112 @@ class ClickToSegmentUser(SamclipUser):
         self.clicks_left = 0
         self.size = (1, 1)
 
-    def embed_new_image(self) -> None:
-        body = self.post_checked("/embed", "/embed", data=new_image(), headers={"Content-Type": "image/jpeg"})
-        if body is not None:
-            self.image_id, self.size, self.clicks_left = (
-                body["image_id"],
-                (body["width"], body["height"]),
-                CLICKS_PER_IMAGE,
-            )
-
     @task
     def click(self) -> None:
         if self.image_id is None or self.clicks_left <= 0:
-            self.embed_new_image()
+            body = self.post_image("/embed", "/embed", IMAGES.new_image())
+            if body is not None:
+                self.image_id, self.size = body["image_id"], (body["width"], body["height"])
+                self.clicks_left = random.randint(max(1, CLICKS_PER_IMAGE // 2), CLICKS_PER_IMAGE * 3 // 2)
             return
-        width, height = self.size
-        points = [
-            {"x": random.uniform(0, width - 1), "y": random.uniform(0, height - 1), "label": 1}
-            for _ in range(random.randint(1, 3))
-        ]
-        prompt: dict = {"points": points}
-        if random.random() < 0.3:
-            x0, y0 = random.uniform(0, width / 2), random.uniform(0, height / 2)
-            prompt["box"] = [x0, y0, x0 + width / 3, y0 + height / 3]
-        payload = {"image_id": self.image_id, "prompts": [prompt], "multimask": random.random() < 0.5}
-        with self.client.post(
-            "/segment/prompt", name="/segment/prompt", json=payload, catch_response=True
-        ) as resp:
-            if resp.status_code == 200:
-                resp.success()
-            elif resp.status_code == 404:  # embedding evicted or served by another replica: embed again
-                resp.success()
-                self.image_id = None
-            else:
-                resp.failure(f"HTTP {resp.status_code}")
+        payload = {"prompts": [random_prompt(*self.size)], "multimask": random.random() < 0.5}
+        self.post_by_id("/segment/prompt", "/segment/prompt", self.image_id, payload)
         self.clicks_left -= 1
+        if self.last_status == 404:  # evicted or on another replica: next image (a failure was recorded)
+            self.image_id = None
 
 
 class TextSegmentUser(SamclipUser):
     """Posts a NEW image to /segment?text=... each time."""
 
-    weight = _env_int("SAMCLIP_LT_WEIGHT_TEXT", 2)
+    weight = env_int("SAMCLIP_LT_WEIGHT_TEXT", 2)
 
     @task
     def segment_text(self) -> None:
-        text = random.choice(TEXTS)
-        self.post_checked(
-            f"/segment?text={text}",
-            "/segment?text=",
-            data=new_image(),
-            headers={"Content-Type": "image/jpeg"},
-        )
+        self.post_image(f"/segment?text={random.choice(TEXTS)}", "/segment?text=", IMAGES.new_image())
 
 
 class ClassifyUser(SamclipUser):
     """Zero-shot classify of NEW images against one of a few label sets."""
 
-    weight = _env_int("SAMCLIP_LT_WEIGHT_CLASSIFY", 1)
+    weight = env_int("SAMCLIP_LT_WEIGHT_CLASSIFY", 1)
 
     @task
     def classify(self) -> None:
-        labels = random.choice(LABEL_SETS)
-        query = "&".join(f"labels={label}" for label in labels)
-        self.post_checked(
-            f"/classify?{query}&top_k=3",
-            "/classify",
-            data=new_image(),
-            headers={"Content-Type": "image/jpeg"},
-        )
+        query = "&".join(f"labels={label}" for label in random.choice(LABEL_SETS))
+        self.post_image(f"/classify?{query}&top_k=3", "/classify", IMAGES.new_image())
+
+
+class RefineUser(SamclipUser):
+    """CLIP->SAM refine: a NEW image to /segment/refine?text=..., then REFINES_PER_IMAGE - 1 other texts on its
+    `image_id` (named "/segment/refine?text= [image_id]")."""
+
+    weight = env_int("SAMCLIP_LT_WEIGHT_REFINE", 1)
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.image_id: str | None = None
+        self.refines_left = 0
+
+    @task
+    def refine(self) -> None:
+        text = random.choice(TEXTS)
+        if self.image_id is None or self.refines_left <= 0:
+            body = self.post_image(
+                f"/segment/refine?text={text}", "/segment/refine?text=", IMAGES.new_image()
+            )
+            self.image_id = body["image_id"] if body is not None else None
+            self.refines_left = REFINES_PER_IMAGE - 1
+            return
+        name = "/segment/refine?text= [image_id]"
+        self.post_by_id(f"/segment/refine?text={text}", name, self.image_id)
+        if self.last_status == 404:
+            self.image_id = None
+        self.refines_left -= 1
+
+
+ARRIVAL_OPS = {
+    "segment": lambda user: TextSegmentUser.segment_text(user),
+    "classify": lambda user: ClassifyUser.classify(user),
+    "embed": lambda user: user.post_image("/embed", "/embed", IMAGES.new_image()),
+    "refine": lambda user: user.post_image(
+        f"/segment/refine?text={random.choice(TEXTS)}", "/segment/refine?text=", IMAGES.new_image()
+    ),
+}
+
+
+class ConstantArrivalUser(SamclipUser):
+    """Open-loop arrivals (module doc): arrival k is due at t0 + k / ARRIVAL_RATE; the task only starts it in
+    its own greenlet and `wait_time` sleeps until the next one is due on that absolute clock, so a slow answer
+    never delays later arrivals. Locust's own task loop stops the user; on_stop lets in-flight requests finish."""
+
+    weight = env_int("SAMCLIP_LT_WEIGHT_ARRIVAL", 0)
+    pool_manager = PoolManager(maxsize=ARRIVAL_MAX_OUTSTANDING)  # one kept connection per in-flight request
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.op = ARRIVAL_OPS[os.environ.get("SAMCLIP_LT_ARRIVAL_OP", "segment")]
+        self.pool = Pool(ARRIVAL_MAX_OUTSTANDING)
+        self.due = time.monotonic()
+
+    def wait_time(self) -> float:
+        return max(0.0, self.due - time.monotonic())
+
+    @task
+    def arrive(self) -> None:
+        if self.pool.full():
+            self.environment.events.request.fire(
+                request_type="ARRIVAL",
+                name="dropped",
+                response_time=0,
+                response_length=0,
+                exception=RuntimeError(f"{ARRIVAL_MAX_OUTSTANDING} requests outstanding"),
+                context={"dropped": True},
+                start_time=time.time(),
+            )
+        else:
+            self.pool.spawn(self.op, self)
+        self.due += 1.0 / ARRIVAL_RATE
+
+    def on_stop(self) -> None:
+        self.pool.join(timeout=30)

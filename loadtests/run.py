@@ -3,15 +3,19 @@
     python -m loadtests.run --bundle bundles/tiny --users 8 --spawn-rate 4 --duration 30s --out loadtests/out/base
     python -m loadtests.run --host http://10.0.0.5:8000 --users 64 --duration 2m --out loadtests/out/remote
     python -m loadtests.run --bundle bundles/tiny --scenario overload --out loadtests/out/overload
+    python -m loadtests.run --bundle bundles/tiny --scenario arrival --rate 4 --duration 60s --slo '*=2000'
 
 With --bundle it starts `python -m service --bundle B` on a free port (settings via --server-env KEY=VALUE,
 e.g. SAMCLIP_QUEUE_SIZE=2), waits for /readyz, runs Locust headless, then stops the server with SIGTERM.
 `--scenario overload` defaults to a small queue, many users and no wait time, so the queue overflows.
+`--scenario arrival` runs ONE open-loop ConstantArrivalUser at `--rate` requests/s (`--arrival-op`), the load
+model to measure latency at a fixed offered load (loadtests/locustfile.py explains why not constant_throughput).
 
 Outputs in --out: locust_stats.csv, locust_failures.csv, locust_stats_history.csv (Locust's CSVs),
 report.html (Locust's HTML report), records.json (latency per endpoint and status), summary.json and
-summary.md (throughput, p50/p95/p99 per endpoint for all / accepted / 429 answers, error counts by status).
-Exit code: 0, or 1 with --fail-on-5xx / --fail-on-errors when the run shows them.
+summary.md (throughput, p50/p95/p99 per endpoint for all / accepted / 429 answers, error counts by status, SLO
+checks). Exit code: 0, or 1 when an SLO (`--slo ENDPOINT=MS`, `--slo-file`; p95 of the 200 answers, see
+loadtests/slo.py) is violated, or with --fail-on-5xx / --fail-on-errors when the run shows them.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtests import slo
+
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 OVERLOAD_SERVER_ENV = {"SAMCLIP_QUEUE_SIZE": "2", "SAMCLIP_MAX_BATCH_SIZE": "2"}
@@ -37,6 +43,11 @@ OVERLOAD_CLIENT_ENV = {
     "SAMCLIP_LT_WEIGHT_CLICK": "0",
     "SAMCLIP_LT_WEIGHT_TEXT": "3",
     "SAMCLIP_LT_WEIGHT_CLASSIFY": "1",
+    "SAMCLIP_LT_WEIGHT_REFINE": "1",
+}
+ARRIVAL_CLIENT_ENV = {
+    **{f"SAMCLIP_LT_WEIGHT_{name}": "0" for name in ("CLICK", "TEXT", "CLASSIFY", "REFINE")},
+    "SAMCLIP_LT_WEIGHT_ARRIVAL": "1",
 }
 
 
@@ -63,8 +74,11 @@ def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout_s: float 
     raise TimeoutError(f"{url}/readyz was not 200 within {timeout_s:.0f} s")
 
 
-def start_server(bundle: Path, port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """`python -m service --bundle B --host 127.0.0.1 --port P` as a child process logging to `log_path`."""
+def start_server(
+    bundle: Path, port: int, env: dict[str, str], log_path: Path, popen_kwargs: dict | None = None
+) -> subprocess.Popen:
+    """`python -m service --bundle B --host 127.0.0.1 --port P` as a child process logging to `log_path`
+    (`popen_kwargs`: extra subprocess.Popen arguments, e.g. start_new_session)."""
     cmd = [
         sys.executable,
         "-m",
@@ -79,7 +93,12 @@ def start_server(bundle: Path, port: int, env: dict[str, str], log_path: Path) -
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log_file:
         return subprocess.Popen(
-            cmd, cwd=ROOT, env={**os.environ, **env}, stdout=log_file, stderr=subprocess.STDOUT
+            cmd,
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            **(popen_kwargs or {}),
         )
 
 
@@ -172,8 +191,8 @@ def summarize(records: dict[str, dict[str, list[float]]], duration_s: float) -> 
         "errors_other": sum(
             count
             for status, count in totals.items()
-            if status not in {"200", "404", "429"} and not status.startswith("5")
-        ),
+            if status not in {"200", "429"} and not status.startswith("5")
+        ),  # 404 (unknown image_id), 4xx, "0" (no answer), "dropped" (open-loop arrival not sent)
         "endpoints": endpoints,
     }
 
@@ -213,8 +232,20 @@ def build_parser() -> argparse.ArgumentParser:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--bundle", type=Path, help="start a local server on this bundle")
     target.add_argument("--host", help="target a running server, e.g. http://127.0.0.1:8000")
-    parser.add_argument("--scenario", choices=["normal", "overload"], default="normal")
-    parser.add_argument("--users", type=int, default=None, help="concurrent users (normal 8, overload 48)")
+    parser.add_argument("--scenario", choices=["normal", "overload", "arrival"], default="normal")
+    parser.add_argument(
+        "--users", type=int, default=None, help="concurrent users (normal 8, overload 48, arrival 1)"
+    )
+    parser.add_argument("--rate", type=float, default=2.0, help="arrival: requests per second (open loop)")
+    parser.add_argument("--arrival-op", choices=["segment", "classify", "refine", "embed"], default="segment")
+    parser.add_argument(
+        "--slo",
+        action="append",
+        default=[],
+        metavar="ENDPOINT=MS",
+        help="p95 SLO, e.g. /embed=2000 or '*=500'",
+    )
+    parser.add_argument("--slo-file", action="append", default=[], type=Path, help='JSON {"/embed": 2000}')
     parser.add_argument("--spawn-rate", type=float, default=None, help="users started per second")
     parser.add_argument("--duration", default="30s", help="Locust run time, e.g. 45s, 5m")
     parser.add_argument("--out", type=Path, default=ROOT / "loadtests" / "out" / "run")
@@ -230,22 +261,37 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-timeout", type=float, default=120.0, help="seconds to wait for /readyz (vit_b: minutes)"
     )
     parser.add_argument("--fail-on-5xx", action="store_true", help="exit 1 if any 5xx or connection error")
-    parser.add_argument("--fail-on-errors", action="store_true", help="exit 1 if any non-200 (except 404)")
+    parser.add_argument("--fail-on-errors", action="store_true", help="exit 1 if any non-200 answer")
     return parser
+
+
+def scenario_envs(args: argparse.Namespace) -> tuple[dict[str, str], dict[str, str]]:
+    """(server env, client env) for the scenario; --server-env / --client-env win over the defaults."""
+    overload, arrival = args.scenario == "overload", args.scenario == "arrival"
+    server_env = {**(OVERLOAD_SERVER_ENV if overload else {}), **parse_env(args.server_env)}
+    scenario_client = OVERLOAD_CLIENT_ENV if overload else {}
+    if arrival:
+        scenario_client = {
+            **ARRIVAL_CLIENT_ENV,
+            "SAMCLIP_LT_ARRIVAL_RATE": str(args.rate),
+            "SAMCLIP_LT_ARRIVAL_OP": args.arrival_op,
+        }
+    client_env = {
+        **scenario_client,
+        **parse_env(args.client_env),
+        "SAMCLIP_LT_RECORD": str(args.out / "records.json"),
+    }
+    return server_env, client_env
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overload = args.scenario == "overload"
-    args.users = args.users or (48 if overload else 8)
-    args.spawn_rate = args.spawn_rate or (args.users if overload else max(1.0, args.users / 4))
+    slos = slo.parse_slos(args.slo, args.slo_file)
+    defaults = {"normal": (8, 2.0), "overload": (48, 48.0), "arrival": (1, 1.0)}[args.scenario]
+    args.users = args.users or defaults[0]
+    args.spawn_rate = args.spawn_rate or max(defaults[1], args.users / 4)
     args.out.mkdir(parents=True, exist_ok=True)
-    server_env = {**(OVERLOAD_SERVER_ENV if overload else {}), **parse_env(args.server_env)}
-    client_env = {
-        **(OVERLOAD_CLIENT_ENV if overload else {}),
-        **parse_env(args.client_env),
-        "SAMCLIP_LT_RECORD": str(args.out / "records.json"),
-    }
+    server_env, client_env = scenario_envs(args)
     proc = None
     host = args.host
     if args.bundle is not None:
@@ -260,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server_rc = stop_server(proc) if proc is not None else None
     records = json.loads((args.out / "records.json").read_text())
-    duration_s = min(elapsed, parse_duration(args.duration))
-    summary = summarize(records, duration_s)
+    summary = summarize(records, min(elapsed, parse_duration(args.duration)))
     summary.update(
         scenario=args.scenario,
         users=args.users,
@@ -270,17 +315,27 @@ def main(argv: list[str] | None = None) -> int:
         server_exit_code=server_rc,
         server_env=server_env,
         client_env={k: v for k, v in client_env.items() if k != "SAMCLIP_LT_RECORD"},
+        slo=slo.check_slos(summary, slos),
     )
+    if args.scenario == "arrival":
+        summary["offered_rps_target"] = args.rate
+    return report(summary, args)
+
+
+def report(summary: dict, args: argparse.Namespace) -> int:
+    """Write summary.json / summary.md, print the markdown; the exit code (1: SLO violated or errors)."""
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (args.out / "summary.md").write_text(
-        markdown(summary, f"samclip-serve load test: {args.scenario}, {args.users} users, {args.duration}")
-    )
+    title = f"samclip-serve load test: {args.scenario}, {args.users} users, {args.duration}"
+    (args.out / "summary.md").write_text(markdown(summary, title) + slo.markdown(summary["slo"]))
     print((args.out / "summary.md").read_text())
-    failed = (args.fail_on_5xx and summary["errors_5xx"] + summary["status_counts"].get("0", 0) > 0) or (
-        args.fail_on_errors
-        and summary["errors_other"] + summary["errors_5xx"] + summary["status_counts"].get("429", 0) > 0
+    counts = summary["status_counts"]
+    failed = (args.fail_on_5xx and summary["errors_5xx"] + counts.get("0", 0) > 0) or (
+        args.fail_on_errors and summary["errors_other"] + summary["errors_5xx"] + counts.get("429", 0) > 0
     )
-    return 1 if failed else 0
+    violated = [check["endpoint"] for check in summary["slo"] if not check["ok"]]
+    if violated:
+        print(f"SLO violated: {', '.join(violated)}", file=sys.stderr)
+    return 1 if failed or violated else 0
 
 
 def parse_duration(text: str) -> float:
