@@ -38,6 +38,7 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md* ./
+COPY samclip_bundle ./samclip_bundle
 COPY service ./service
 # The wheel needs the README that pyproject.toml names; a minimal one stands in if the context lacks it.
 RUN test -f README.md || echo "# samclip-serve" > README.md \

@@ -47,7 +47,7 @@ if [ -n "$BUNDLE" ] && [ "$DRY_RUN" = 0 ]; then
   [ -f "$BUNDLE/manifest.json" ] || { echo "$BUNDLE has no manifest.json" >&2; exit 2; }
   CONTEXT="$(mktemp -d)"
   trap 'rm -rf "$CONTEXT"' EXIT
-  cp -r "$ROOT/pyproject.toml" "$ROOT/service" "$ROOT/.dockerignore" "$CONTEXT/"
+  cp -r "$ROOT/pyproject.toml" "$ROOT/samclip_bundle" "$ROOT/service" "$ROOT/.dockerignore" "$CONTEXT/"
   [ -f "$ROOT/README.md" ] && cp "$ROOT/README.md" "$CONTEXT/"
   mkdir -p "$CONTEXT/deploy"
   cp -rL "$BUNDLE" "$CONTEXT/deploy/bundle"

@@ -2,8 +2,8 @@
 # Build a local Debian bookworm base image without any registry pull: debootstrap a minbase rootfs and
 # `podman import` it. It is the root Dockerfile's default CPU base (a stand-in for `debian:bookworm-slim`), so
 # the image builds on machines that cannot reach a container registry. The host's extra CA certificates
-# (/usr/local/share/ca-certificates/*.crt,
-# e.g. an egress proxy's) are added so apt/pip inside the build trust the same TLS endpoints as the host.
+# (/usr/local/share/ca-certificates/*.crt, e.g. an egress proxy's) are added so apt/pip inside the build
+# trust the same TLS endpoints as the host.
 #
 # Usage: deploy/tools/make_base_image.sh [IMAGE_NAME]   (default localhost/samclip-base:bookworm; needs root)
 # Env:   MIRROR (default http://deb.debian.org/debian), SUITE (default bookworm), FORCE=1 to rebuild.

@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,65 @@ def test_build_script_uses_the_root_dockerfile() -> None:
         any(arg.startswith("BASE_IMAGE=nvidia/cuda:") for arg in gpu) and "ORT_PACKAGE=onnxruntime-gpu" in gpu
     )
     assert not (ROOT / "deploy" / "Dockerfile").exists()  # one Dockerfile, at the root
+
+
+def module_level_imports(path: Path) -> set[str]:
+    """Top-level package names imported unconditionally at module level (not in functions or try blocks)."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def serve_closure() -> set[str]:
+    """Normalised names of the distributions `pip install .[serve]` brings (the project's runtime deps, its
+    `serve` extra, and everything they require), read from the installed metadata."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    todo = [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["serve"]]
+    seen: set[str] = set()
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name in seen or (req.marker and not req.marker.evaluate({"extra": ""})):
+            continue
+        seen.add(name)
+        try:
+            todo.extend(Requirement(r) for r in importlib.metadata.requires(req.name) or [])
+        except importlib.metadata.PackageNotFoundError:
+            pass
+        for extra in req.extras:
+            for r in importlib.metadata.requires(req.name) or []:
+                parsed = Requirement(r)
+                if parsed.marker and parsed.marker.evaluate({"extra": extra}):
+                    todo.append(parsed)
+    return seen
+
+
+def test_image_installs_everything_the_service_imports() -> None:
+    """A module-level import in service/ (outside the torch backend) must resolve in the image: stdlib, a repo
+    package the Dockerfile copies (and .dockerignore lets through), or a distribution of `.[serve]`."""
+    from packaging.utils import canonicalize_name
+
+    repo_packages = {path.parent.name for path in ROOT.glob("*/__init__.py")}
+    imported = set()
+    for path in (ROOT / "service").rglob("*.py"):
+        if "torch" not in path.stem:
+            imported |= module_level_imports(path)
+    imported -= set(sys.stdlib_module_names) | {"service", "__future__"}
+    text, ignore = DOCKERFILE.read_text(), (ROOT / ".dockerignore").read_text()
+    for package in imported & repo_packages:
+        assert f"COPY {package} ./{package}" in text and f"!{package}/" in ignore, package
+    assert not imported & {"model_export", "training"}
+    closure = serve_closure()
+    providers = importlib.metadata.packages_distributions()
+    for module in sorted(imported - repo_packages):
+        dists = {canonicalize_name(dist) for dist in providers.get(module, [])}
+        assert dists & closure, (
+            f"service imports {module} ({dists or 'not installed'}): add it to the serve extra"
+        )
