@@ -1,20 +1,21 @@
-"""CPU encoder benchmark: segment_anything fp32 eager (reference) vs every CPU backend/precision, in ONE run.
+"""CPU encoder benchmark: the DEFAULT serve path vs segment_anything fp32 eager (reference), in ONE run.
 
-    python benchmarks/cpu_encoder.py --bundle /tmp/bundles/vit_b [--work /tmp/cpu_bench] [--runs 3]
+    python benchmarks/cpu_encoder.py --bundle /tmp/bundles/vit_b [--work /tmp/cpu_bench] [--runs 3] [--server 3]
 
-On a random-init bundle (exported with `python -m model_export export --model vit_b --random-init --seed 0`) it
+On a random-init bundle (exported with `python -m model_export export --model vit_b --random-init --seed 0`,
+which also writes its default CPU variant) it
 1. builds the same weights in PyTorch (model_export.build_model(seed)) and times segment_anything's
    ImageEncoderViT fp32 eager (the reference) and under torch bf16 autocast;
-2. makes a working copy of the bundle (--work) and writes the reduced-precision
-   variants there with `model_export.quantize.optimize` (openvino-int8 linear-only and with int8 attention,
-   ort-int8), each recording its parity figures in the copy's manifest;
-3. times the encoder (1 image at S x S, best of --runs after one warm-up) for each backend: onnxruntime fp32,
-   onnxruntime-int8, openvino f32 / bf16 / int8-qdq / int8-qdq-attn, plus the CLIP head and one SAM decoder call,
-   and measures the parity gates vs the plain onnxruntime backend (model_export/parity.py);
-4. times a full /segment/refine request on a new image through the service Predictor (decode, preprocess, batched
-   encoder, CLIP head, text, decoder, postprocess) per backend.
+2. times the DEFAULT path: `create_backend("auto", ...)` on the bundle as exported (what `python -m service`
+   with no settings runs: backend, variant and why are printed);
+3. makes a working copy of the bundle (--work) with every other reduced-precision variant
+   (`model_export.quantize.optimize`: openvino-int8 linear-only and with int8 attention, ort-int8), each
+   recording its parity figures in the copy's manifest, and times each backend/variant for comparison;
+4. with --server N: starts `python -m service --bundle B` with NO SAMCLIP_* settings, and times N POST /embed of
+   new 1024x1024 PNGs (decode, preprocess, encoder, response: a new image's full encode through the server)
+   interleaved with the reference, reporting the ratio.
 Prints one table (seconds/image, ratio to the reference, achieved TFLOP/s from the analytic FLOP count of the
-config, parity figures). Ratios and figures come from this one run on this machine.
+config, parity figures vs plain onnxruntime fp32). Ratios and figures come from this one run on this machine.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model_export.parity import (  # noqa: E402
+from samclip_bundle.manifest import Manifest  # noqa: E402
+from samclip_bundle.parity import (  # noqa: E402
     CachedRunner,
     cosine_rows,
     generated_images,
@@ -47,8 +49,8 @@ from model_export.parity import (  # noqa: E402
 )
 
 CONFIGS = [  # (label, backend, settings overrides)
-    ("onnxruntime fp32", "onnxruntime", {}),
-    ("onnxruntime int8 (dynamic)", "onnxruntime-int8", {"variant": "int8-dynamic"}),
+    ("onnxruntime fp32", "onnxruntime", {"variant": "none"}),
+    ("onnxruntime int8 (dynamic)", "onnxruntime", {"variant": "int8-dynamic"}),
     ("openvino f32", "openvino", {"variant": "none", "openvino_precision": "f32"}),
     ("openvino bf16", "openvino", {"variant": "none", "openvino_precision": "bf16"}),
     ("openvino int8-qdq + bf16", "openvino", {"variant": "int8-qdq"}),
@@ -94,7 +96,7 @@ def working_copy(bundle: Path, work: Path) -> Path:
     """work/bundle: a copy of the bundle (optimize adds variant files and rewrites its manifest there, so the
     source bundle, possibly served by others, stays as it was)."""
     out = work / "bundle"
-    if not (out / "manifest.json").is_file():
+    if not Manifest.exists(out):
         shutil.copytree(bundle, out, dirs_exist_ok=True)
     return out
 
@@ -102,8 +104,8 @@ def working_copy(bundle: Path, work: Path) -> Path:
 def make_variants(bundle: Path, calib: int, parity_samples: int) -> dict[str, Any]:
     from model_export.quantize import optimize
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    have = {e["name"] for v in (manifest.get("variants") or {}).values() for e in v}
+    manifest = Manifest.read(bundle)
+    have = {e.name for v in manifest.variants.values() for e in v}
     out = {}
     for name, target, attention in (
         ("int8-qdq", "openvino-int8", False),
@@ -134,11 +136,11 @@ def sam_encoder(bundle: Path) -> Any:
 
     from model_export.build import build_model
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    model = build_model(manifest["model"]["name"], seed=manifest["weights"].get("seed"))
-    c = manifest["model"]["config"]["encoder"]
+    manifest = Manifest.read(bundle)
+    model = build_model(manifest.model.name, seed=manifest.weights.seed)
+    c = manifest.model.config["encoder"]
     encoder = ImageEncoderViT(
-        img_size=manifest["preprocess"]["image_size"], patch_size=c["patch_size"], embed_dim=c["embed_dim"],
+        img_size=manifest.preprocess.image_size, patch_size=c["patch_size"], embed_dim=c["embed_dim"],
         depth=c["depth"], num_heads=c["num_heads"], mlp_ratio=c["mlp_ratio"], out_chans=c["out_chans"],
         qkv_bias=True, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=c["use_rel_pos"],
         window_size=c["window_size"], global_attn_indexes=tuple(c["global_attn_indexes"]),
@@ -186,8 +188,7 @@ def interleaved_encoders(bundle: Path, image: np.ndarray, rounds: int, flops: fl
 
     from service.runtime.cpus import available_cpus
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    variants = {e["name"]: e["file"] for e in manifest.get("variants", {}).get("encoder", [])}
+    variants = {e.name: e.file for e in Manifest.read(bundle).variants.get("encoder", [])}
     encoder, xt = sam_encoder(bundle), torch.from_numpy(image)
 
     def bf16() -> Any:
@@ -241,44 +242,79 @@ def interleaved_encoders(bundle: Path, image: np.ndarray, rounds: int, flops: fl
         )
 
 
-def _png(seed: int, width: int = 1280, height: int = 960) -> bytes:
+def _png(seed: int, side: int = 1024) -> bytes:
+    """A new photo-like side x side RGB PNG (distinct bytes per seed: every one misses the embedding cache)."""
     from PIL import Image
 
-    img = generated_images(1, max(width, height), [0, 0, 0], [1, 1, 1], seed=seed)[0]
-    rgb = np.clip(img.transpose(1, 2, 0)[:height, :width], 0, 255).astype(np.uint8)
+    img = generated_images(1, side, [0, 0, 0], [1, 1, 1], seed=seed)[0]
+    rgb = np.clip(img.transpose(1, 2, 0), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
     return buf.getvalue()
 
 
-async def refine_times(bundle_obj: Any, backend: Any, runs: int) -> float:
-    """Best wall time of a /segment/refine on a NEW image (encoder included) through the service Predictor."""
-    from service.metrics import Metrics
-    from service.pipeline.decode import decode_image
-    from service.pipeline.predictor import Predictor
-    from service.settings import Settings
-    from service.timing import Timings
+def server_vs_reference(bundle: Path, image: np.ndarray, rounds: int) -> dict[str, Any]:
+    """`python -m service --bundle B` with no SAMCLIP_* settings; `rounds` POST /embed of new 1024px PNGs, each
+    right after one segment_anything fp32 eager pass on the same machine. Returns min/median seconds, ratio."""
+    import httpx
+    import torch
 
-    settings = Settings()
-    predictor = Predictor(bundle_obj, backend, settings, Metrics())
-    await predictor.start()
-    times = []
-    for i in range(runs + 1):  # the first one also fills the text cache
-        data = _png(100 + i)
-        start = time.perf_counter()
-        image = decode_image(data, settings)
-        entry = await predictor.get_entry(
-            image=image, image_id=None, timings=Timings(), deadline=time.monotonic() + 600
-        )
-        await predictor.refine(entry, "a dog", settings.refine_points, settings.refine_seed, Timings())
-        times.append(time.perf_counter() - start)
-    await predictor.stop()
-    return min(times[1:]) if len(times) > 1 else times[0]
+    from benchmarks.service_latency import free_port, running_server
+
+    encoder, x = sam_encoder(bundle), torch.from_numpy(image)
+    clean = {k: v for k, v in os.environ.items() if k.startswith("SAMCLIP_")}
+    for key in clean:
+        del os.environ[key]
+    try:
+        with (
+            running_server(bundle, None, free_port(), 900) as url,
+            httpx.Client(base_url=url, timeout=900) as http,
+        ):
+            info = http.get("/info").json()
+            http.post("/embed", content=_png(999), headers={"Content-Type": "image/png"})  # warm-up
+            ref, served = [], []
+            for i in range(rounds):
+                with torch.inference_mode():
+                    start = time.perf_counter()
+                    encoder(x)
+                    ref.append(time.perf_counter() - start)
+                body = _png(1000 + i)
+                start = time.perf_counter()
+                response = http.post("/embed", content=body, headers={"Content-Type": "image/png"})
+                served.append(time.perf_counter() - start)
+                response.raise_for_status()
+    finally:
+        os.environ.update(clean)
+    return {
+        "backend": info.get("backend"),
+        "reference_min_s": min(ref),
+        "reference_median_s": statistics.median(ref),
+        "server_embed_min_s": min(served),
+        "server_embed_median_s": statistics.median(served),
+        "ratio_min": min(ref) / min(served),
+        "ratio_median": statistics.median(ref) / statistics.median(served),
+    }
+
+
+def time_backend(label: str, backend: Any, reference: Any, inputs: tuple, runs: int) -> tuple:
+    """One table row: encoder / CLIP head / decoder seconds and the parity figures against `reference`."""
+    images, prompts, text_ids = inputs
+    x = images[:1]
+    enc = best_time(lambda: backend.encode(x), runs)
+    tokens = backend.encode(x).patch_tokens
+    head = best_time(lambda: backend.clip_head(tokens), 1)
+    emb = reference.encode(x).image_embeddings
+    dec = best_time(lambda: backend.decode(emb, **prompts), 1)
+    parity = parity_report(reference, backend, images, prompts, text_ids)
+    print(
+        f"# {label}: encoder {enc:.2f} s, clip head {head:.2f} s, decoder(12 prompts) {dec:.3f} s, "
+        f"parity {json.dumps(parity)}",
+        flush=True,
+    )
+    return (label, enc, head, dec, parity)
 
 
 def main() -> int:
-    import asyncio
-
     from service.bundle import Bundle
     from service.runtime.base import create_backend
 
@@ -288,7 +324,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--calib-samples", type=int, default=2)
     ap.add_argument("--parity-samples", type=int, default=2)
-    ap.add_argument("--skip-refine", action="store_true")
+    ap.add_argument("--server", type=int, default=0, help="N new images through the server (default path)")
     ap.add_argument("--only", default="", help="comma-separated labels substrings to run (default all)")
     ap.add_argument(
         "--interleaved", type=int, default=0, help="ONLY the encoder-only round-robin timing, N rounds"
@@ -296,80 +332,56 @@ def main() -> int:
     args = ap.parse_args()
 
     t_start = time.perf_counter()
+    default_bundle = Bundle.load(args.bundle)
+    flops = encoder_flops(default_bundle.manifest.model.config["encoder"], default_bundle.image_size)
+    images = generated_images(
+        args.parity_samples, default_bundle.image_size, list(default_bundle.pixel_mean),
+        list(default_bundle.pixel_std), seed=7,
+    )  # fmt: skip
+    inputs = (images, random_prompts(12, default_bundle.image_size, default_bundle.embed_grid, seed=7))
+    inputs += (random_text_ids(9, seed=7),)
+    x = images[:1]
+    if args.server:
+        served = server_vs_reference(args.bundle, x, args.server)
+        print(f"# server, no settings: {json.dumps(served, default=str)}", flush=True)
     bundle_path = working_copy(args.bundle, args.work)
     optimize_log = make_variants(bundle_path, args.calib_samples, args.parity_samples)
-    bundle = Bundle.load(bundle_path)
-    cfg = bundle.manifest["model"]["config"]["encoder"]
-    flops = encoder_flops(cfg, bundle.image_size)
-    images = generated_images(
-        args.parity_samples, bundle.image_size, list(bundle.pixel_mean), list(bundle.pixel_std), seed=7
-    )
-    prompts = random_prompts(12, bundle.image_size, bundle.embed_grid, seed=7)
-    text_ids = random_text_ids(9, seed=7)
-    x = images[:1]
     if args.interleaved:
         interleaved_encoders(bundle_path, x, args.interleaved, flops, [s for s in args.only.split(",") if s])
         return 0
     print(
-        f"# bundle {args.bundle} ({bundle.model_name}, S={bundle.image_size}); encoder {flops / 1e12:.3f} TFLOP/image; "
-        f"{os.cpu_count()} CPUs visible, affinity {len(os.sched_getaffinity(0))}",
+        f"# bundle {args.bundle} ({default_bundle.model_name}, S={default_bundle.image_size}); encoder "
+        f"{flops / 1e12:.3f} TFLOP/image; {os.cpu_count()} CPUs visible, affinity {len(os.sched_getaffinity(0))}",
         flush=True,
     )
-
-    ref = torch_reference(bundle_path, x, args.runs)
-    print(
-        f"# segment_anything fp32 eager {ref['fp32_s']:.2f} s; torch bf16 autocast {ref['bf16_s']:.2f} s",
-        flush=True,
-    )
+    ref = torch_reference(args.bundle, x, args.runs)
+    print(f"# segment_anything fp32 eager {ref['fp32_s']:.2f} s; torch bf16 autocast {ref['bf16_s']:.2f} s")
     settings = SimpleNamespace(intra_op_threads=0, inter_op_threads=1, providers=["CPUExecutionProvider"])
-    plain = create_backend("onnxruntime", bundle, settings)
+    plain = create_backend("onnxruntime", default_bundle, SimpleNamespace(**vars(settings), variant="none"))
     reference = CachedRunner(plain)
     rows = [
-        ("segment_anything fp32 eager (ref)", ref["fp32_s"], None, None, None, {}, None),
-        (
-            "torch bf16 autocast",
-            ref["bf16_s"],
-            None,
-            None,
-            None,
-            {"encoder_embedding_cosine": ref["bf16_cosine"]},
-            None,
-        ),
+        ("segment_anything fp32 eager (ref)", ref["fp32_s"], None, None, {}),
+        ("torch bf16 autocast", ref["bf16_s"], None, None, {"encoder_embedding_cosine": ref["bf16_cosine"]}),
     ]
+    default = create_backend("auto", default_bundle, SimpleNamespace(**vars(settings), variant="auto"))
+    selection = default.info.details["selection"]
+    print(f"# DEFAULT path (backend=auto): {json.dumps(selection)}", flush=True)
+    label = f"DEFAULT: {selection['backend']} {selection['variant'] or 'fp32 graphs'}"
+    rows.append(time_backend(label, default, reference, inputs, args.runs))
+    default.close()
+    work = Bundle.load(bundle_path)
     wanted = [s for s in args.only.split(",") if s]
     for label, name, overrides in CONFIGS:
         if wanted and not any(w in label for w in wanted):
             continue
         try:
-            backend = (
-                plain
-                if name == "onnxruntime" and not overrides
-                else create_backend(name, bundle, SimpleNamespace(**vars(settings), **overrides))
-            )
+            backend = create_backend(name, work, SimpleNamespace(**vars(settings), **overrides))
         except Exception as exc:  # a variant that did not pass parity is not in the manifest
             print(f"# {label}: skipped ({exc})", flush=True)
             continue
-        enc = best_time(lambda b=backend: b.encode(x), args.runs)
-        tokens = backend.encode(x).patch_tokens
-        head = best_time(lambda b=backend, t=tokens: b.clip_head(t), 1)
-        emb = reference.encode(x).image_embeddings
-        dec = best_time(lambda b=backend, e=emb: b.decode(e, **prompts), 1)
-        parity = parity_report(reference, backend, images, prompts, text_ids)
-        if name == "onnxruntime" and not overrides:
-            parity["encoder_embedding_cosine_vs_segment_anything"] = float(
-                cosine_rows(ref["embedding"], emb)[0]
-            )
-        refine = None if args.skip_refine else asyncio.run(refine_times(bundle, backend, 1))
-        rows.append((label, enc, head, dec, refine, parity, backend.info.details.get("graphs")))
-        print(
-            f"# {label}: encoder {enc:.2f} s, clip head {head:.2f} s, decoder(12 prompts) {dec:.3f} s, "
-            f"refine {refine if refine is None else round(refine, 2)} s, parity {json.dumps(parity)}",
-            flush=True,
-        )
-        if backend is not plain:
-            del backend
-            gc.collect()
-
+        rows.append(time_backend(label, backend, reference, inputs, args.runs))
+        backend.close()
+        gc.collect()
     print_table(rows, ref["fp32_s"], flops)
     print(
         f"\n# optimize: {json.dumps({k: {'kept': v['kept'], 'seconds': v['seconds']} for k, v in optimize_log.items()})}"
@@ -383,22 +395,21 @@ def print_table(rows: list[tuple], ref_s: float, flops: float) -> None:
         return "-" if v is None else format(v, fmt)
 
     head = (
-        f"{'backend / precision':34} {'enc s/img':>9} {'x ref':>6} {'TFLOP/s':>7} {'head s':>6} {'dec s':>6} "
-        f"{'refine s':>8} {'enc cos':>8} {'mask IoU':>8} {'img cos':>8} {'txt cos':>8} {'seg IoU':>7} gates"
+        f"{'backend / precision':40} {'enc s/img':>9} {'x ref':>6} {'TFLOP/s':>7} {'head s':>6} {'dec s':>6} "
+        f"{'enc cos':>8} {'mask IoU':>8} {'img cos':>8} {'txt cos':>8} {'seg IoU':>7} gates"
     )
     print("\n" + head)
     print("-" * len(head))
-    for label, enc, hd, dec, refine, p, _ in rows:
+    for label, enc, hd, dec, p in rows:
         gates = "-" if "passed" not in p else ("PASS" if p["passed"] else "FAIL")
         print(
-            f"{label:34} {enc:9.2f} {ref_s / enc:6.2f} {flops / enc / 1e12:7.3f} {f(hd, '6.2f')} {f(dec, '6.3f')} "
-            f"{f(refine, '8.2f')} {f(p.get('encoder_embedding_cosine'), '8.5f')} {f(p.get('decoder_mask_iou'), '8.4f')} "
+            f"{label:40} {enc:9.2f} {ref_s / enc:6.2f} {flops / enc / 1e12:7.3f} {f(hd, '6.2f')} {f(dec, '6.3f')} "
+            f"{f(p.get('encoder_embedding_cosine'), '8.5f')} {f(p.get('decoder_mask_iou'), '8.4f')} "
             f"{f(p.get('clip_image_cosine'), '8.5f')} {f(p.get('clip_text_cosine'), '8.5f')} "
             f"{f(p.get('text_segment_iou'), '7.4f')} {gates}"
         )
     print(
-        "gates: mask IoU >= 0.97, img/txt cos >= 0.99, seg IoU >= 0.95 (vs onnxruntime fp32 on the same inputs); "
-        "refine = /segment/refine on a new 1280x960 image through the Predictor (encoder included)"
+        "gates: mask IoU >= 0.97, img/txt cos >= 0.99, seg IoU >= 0.95 (vs onnxruntime fp32 on the same inputs)"
     )
 
 

@@ -59,6 +59,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from samclip_bundle.manifest import Manifest
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_STAGES = ("encoder", "head", "text", "decoder")
 _STAGE_RE = re.compile(r'\s*([A-Za-z0-9_-]+)\s*(?:;\s*dur=([0-9.]+))?(?:\s*;\s*desc="?([^",]*)"?)?')
@@ -156,12 +158,16 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(bundle: Path, backend: str, port: int, startup_timeout_s: float) -> Iterator[str]:
-    """`python -m service` in a subprocess; yields its base URL once /readyz is 200; SIGTERM on exit."""
-    env = {**os.environ, "SAMCLIP_BACKEND": backend, "SAMCLIP_REQUEST_TIMEOUT_S": "1800"}
+def running_server(bundle: Path, backend: str | None, port: int, startup_timeout_s: float) -> Iterator[str]:
+    """`python -m service` in a subprocess; yields its base URL once /readyz is 200; SIGTERM on exit.
+    backend None: the server's default (no SAMCLIP_BACKEND, no --backend)."""
+    env = {**os.environ, "SAMCLIP_REQUEST_TIMEOUT_S": "1800"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "service", "--bundle", str(bundle), "--port", str(port)]
-    cmd += ["--backend", backend, "--log-level", "WARNING"]
+    cmd += ["--log-level", "WARNING"]
+    if backend is not None:
+        env["SAMCLIP_BACKEND"] = backend
+        cmd += ["--backend", backend]
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -343,15 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.repeats < 1 or args.cached_repeats < 1:
         raise SystemExit("--repeats and --cached-repeats must be >= 1")
-    manifest = args.bundle / "manifest.json"
-    if not manifest.is_file():
+    if not Manifest.exists(args.bundle):
         raise SystemExit(
             f"no bundle at {args.bundle}; export one with `python -m model_export export --model vit_b "
             f"--random-init --seed 0 --out {args.bundle}`"
         )
     if args.backend == "openvino" and not (ROOT / "service/runtime/openvino.py").is_file():
         raise SystemExit("the openvino backend (service/runtime/openvino.py) is not in this tree")
-    model = json.loads(manifest.read_text())["model"]["name"]
+    model = Manifest.read(args.bundle).model.name
     port = args.port or free_port()
     with running_server(args.bundle, args.backend, port, args.startup_timeout) as url:
         client = Client(url, args.request_timeout)

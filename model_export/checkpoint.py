@@ -7,7 +7,6 @@ mismatches raise :class:`CheckpointError` naming the offending keys, before any 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from samclip_bundle.hashing import sha256_file
 
 from .config import ConfigError, SamClipConfig, load_config
 from .modeling.samclip import SamClip
@@ -37,15 +38,6 @@ StateDict = dict[str, torch.Tensor]
 
 class CheckpointError(RuntimeError):
     """A checkpoint cannot be read or does not fit the model; the message names the offending keys."""
-
-
-def file_sha256(path: str | os.PathLike[str], chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes (streamed)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _key_list(keys: Iterable[str], limit: int = 6) -> str:
@@ -171,7 +163,7 @@ def load_sam_checkpoint(model: SamClip, path: str | os.PathLike[str]) -> dict[st
             ) from None
         raise
     _copy_into(model, sd)
-    return {"kind": "sam", "path": str(path), "sha256": file_sha256(path), "tensors": len(sd)}
+    return {"kind": "sam", "path": str(path), "sha256": sha256_file(path), "tensors": len(sd)}
 
 
 def _open_clip_text_part(sd: Mapping[str, torch.Tensor]) -> tuple[StateDict, list[str]]:
@@ -210,7 +202,7 @@ def load_open_clip_checkpoint(model: SamClip, path: str | os.PathLike[str]) -> d
     what = f"OpenCLIP checkpoint {path} (text tower, config {model.config.name!r})"
     _check_fit(expected, mapped, what, also_unexpected=unexpected)
     _copy_into(model, mapped)
-    return {"kind": "open_clip", "path": str(path), "sha256": file_sha256(path), "tensors": len(mapped)}
+    return {"kind": "open_clip", "path": str(path), "sha256": sha256_file(path), "tensors": len(mapped)}
 
 
 def save_samclip(
@@ -301,5 +293,5 @@ def load_samclip(
     model = SamClip(stored)
     _check_fit(model.state_dict(), sd, f"SAM-CLIP checkpoint {path}")
     _copy_into(model, sd)
-    meta["sha256"] = file_sha256(path)
+    meta["sha256"] = sha256_file(path)
     return model.eval(), meta

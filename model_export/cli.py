@@ -25,13 +25,14 @@ SUBCOMMANDS: list[str] = [
     "model_export.cli:add_list_models_parser",
     "model_export.quantize:add_optimize_parser",
     "model_export.trt_build:add_build_trt_parser",
+    "model_export.upgrade:add_upgrade_parser",
 ]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "bad input", reported as `error: ...` with exit status 2."""
     from model_export.config import ConfigError
-    from model_export.manifest import ManifestError
+    from samclip_bundle.manifest import ManifestError
 
     errors: list[type[BaseException]] = [ConfigError, ManifestError, FileNotFoundError]
     try:  # torch-side errors (only importable where torch is installed)
@@ -67,7 +68,7 @@ def _assemble(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
 
 def _warn_random(provenance: dict[str, Any]) -> None:
     if provenance.get("random_init"):
-        from model_export.manifest import RANDOM_WEIGHTS_WARNING
+        from samclip_bundle.manifest import RANDOM_WEIGHTS_WARNING
 
         parts = provenance.get("random_parts")
         which = f" ({', '.join(parts)})" if parts else ""
@@ -95,9 +96,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     )  # fmt: skip
     size = sum(f.stat().st_size for f in Path(args.out).iterdir() if f.is_file())
     summary = {
-        "bundle": str(args.out), "model": cfg.name, "fingerprint": manifest["fingerprint"],
+        "bundle": str(args.out), "model": cfg.name, "fingerprint": manifest.fingerprint,
         "size_bytes": size, "seconds": round(time.perf_counter() - start, 1),
-        "random_init": manifest["weights"]["random_init"],
+        "random_init": manifest.weights.random_init,
     }  # fmt: skip
     print(json.dumps(summary, indent=2))
     return 0
@@ -135,12 +136,13 @@ def add_save_parser(subparsers: Any) -> None:
 
 
 def cmd_save(args: argparse.Namespace) -> int:
-    from model_export.checkpoint import file_sha256, save_samclip
+    from model_export.checkpoint import save_samclip
+    from samclip_bundle.hashing import sha256_file
 
     model, cfg, provenance = _assemble(args)
     _warn_random(provenance)
     path = save_samclip(model, args.out, extra_metadata=provenance)
-    print(json.dumps({"checkpoint": str(path), "model": cfg.name, "sha256": file_sha256(path)}, indent=2))
+    print(json.dumps({"checkpoint": str(path), "model": cfg.name, "sha256": sha256_file(path)}, indent=2))
     return 0
 
 

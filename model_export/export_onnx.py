@@ -24,6 +24,18 @@ from torch import nn
 
 from model_export import manifest as mf
 from model_export.onnx_wrappers import ClipHeadOnnx, EncoderOnnx, SamDecoderOnnx, TextEncoderOnnx
+from samclip_bundle.graphs import GRAPH_FILES, GRAPH_INPUTS, GRAPH_OUTPUTS, TOKENIZER_FILE
+from samclip_bundle.hashing import sha256_file
+from samclip_bundle.manifest import (
+    FORMAT_VERSION,
+    RANDOM_WEIGHTS_WARNING,
+    ClipEntry,
+    Manifest,
+    ModelEntry,
+    Preprocess,
+    TokenizerEntry,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +58,7 @@ class GraphSpec:
 
     @property
     def file(self) -> str:
-        return mf.GRAPH_FILES[self.name]
+        return GRAPH_FILES[self.name]
 
 
 def example_text_ids(num: int, context_length: int, seed: int = 0) -> torch.Tensor:
@@ -84,8 +96,8 @@ def graph_specs(model: nn.Module, cfg: Any) -> list[GraphSpec]:
             "encoder",
             EncoderOnnx(model),
             (torch.randn(2, 3, s, s, generator=gen),),
-            ["image"],
-            ["image_embeddings", "patch_tokens"],
+            list(GRAPH_INPUTS["encoder"]),
+            list(GRAPH_OUTPUTS["encoder"]),
             {"image": {0: "batch"}, "image_embeddings": {0: "batch"}, "patch_tokens": {0: "batch"}},
             {"image_embeddings": ["batch", c, g, g], "patch_tokens": ["batch", g, g, width]},
         ),
@@ -93,8 +105,8 @@ def graph_specs(model: nn.Module, cfg: Any) -> list[GraphSpec]:
             "clip_head",
             ClipHeadOnnx(model),
             (torch.randn(2, grid_h, grid_w, width, generator=gen),),
-            ["patch_tokens"],
-            ["image_embedding", "patch_embeddings"],
+            list(GRAPH_INPUTS["clip_head"]),
+            list(GRAPH_OUTPUTS["clip_head"]),
             {
                 "patch_tokens": {0: "batch", 1: "grid_h", 2: "grid_w"},
                 "image_embedding": {0: "batch"},
@@ -106,17 +118,17 @@ def graph_specs(model: nn.Module, cfg: Any) -> list[GraphSpec]:
             "text_encoder",
             TextEncoderOnnx(model),
             (example_text_ids(3, cfg.text.context_length),),
-            ["input_ids"],
-            ["text_embedding"],
+            list(GRAPH_INPUTS["text_encoder"]),
+            list(GRAPH_OUTPUTS["text_encoder"]),
             {"input_ids": {0: "num_texts"}, "text_embedding": {0: "num_texts"}},
             {"text_embedding": ["num_texts", d]},
         ),
         GraphSpec(
             "sam_decoder",
-            SamDecoderOnnx(model, s),
+            SamDecoderOnnx(model),
             example_decoder_inputs(cfg),
-            ["image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input"],
-            ["iou_predictions", "low_res_masks", "masks"],
+            list(GRAPH_INPUTS["sam_decoder"]),
+            list(GRAPH_OUTPUTS["sam_decoder"]),
             {
                 "point_coords": {0: "num_prompts", 1: "num_points"},
                 "point_labels": {0: "num_prompts", 1: "num_points"},
@@ -124,12 +136,10 @@ def graph_specs(model: nn.Module, cfg: Any) -> list[GraphSpec]:
                 "has_mask_input": {0: "num_prompts"},
                 "iou_predictions": {0: "num_prompts"},
                 "low_res_masks": {0: "num_prompts"},
-                "masks": {0: "num_prompts"},
             },
             {
                 "iou_predictions": ["num_prompts", m],
                 "low_res_masks": ["num_prompts", m, 4 * g, 4 * g],
-                "masks": ["num_prompts", m, s, s],
             },
         ),
     ]
@@ -208,46 +218,41 @@ def _step(bar: Any, text: str, fn: Callable[[], Any]) -> Any:
     return result
 
 
-def _graph_entry(path: Path) -> dict[str, Any]:
-    return {"file": path.name, "sha256": mf.file_sha256(path), **mf.graph_io(path)}
-
-
-def _write_tokenizer(out_dir: Path, context_length: int) -> dict[str, Any]:
+def _write_tokenizer(out_dir: Path, context_length: int) -> TokenizerEntry:
     from model_export.tokenizer import build_tokenizer_json
 
-    path = out_dir / mf.TOKENIZER_FILE
+    path = out_dir / TOKENIZER_FILE
     build_tokenizer_json(path)
-    return {
-        "file": path.name, "sha256": mf.file_sha256(path), "context_length": context_length,
-        "sot_token_id": SOT_TOKEN_ID, "eot_token_id": EOT_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID,
-    }  # fmt: skip
+    return TokenizerEntry(
+        file=path.name, sha256=sha256_file(path), context_length=context_length,
+        sot_token_id=SOT_TOKEN_ID, eot_token_id=EOT_TOKEN_ID, pad_token_id=PAD_TOKEN_ID,
+    )  # fmt: skip
 
 
 def build_manifest(
-    model: nn.Module, cfg: Any, graphs: dict, tokenizer: dict, provenance: dict, opset: int
-) -> dict[str, Any]:
-    """Assemble manifest.json's content (BUNDLE.md, format_version 1)."""
-    hashes = {g["file"]: g["sha256"] for g in graphs.values()} | {tokenizer["file"]: tokenizer["sha256"]}
-    return {
-        "format_version": mf.FORMAT_VERSION,
-        "model": {"name": cfg.name, "config": cfg.to_dict()},
-        "preprocess": {
-            "image_size": cfg.image_size, "pixel_mean": list(cfg.pixel_mean), "pixel_std": list(cfg.pixel_std),
-            "resize": "longest_side", "pad": "bottom_right", "channel_order": "RGB", "layout": "NCHW",
-        },
-        "graphs": graphs,
-        "tokenizer": tokenizer,
-        "clip": {"logit_scale": math.exp(float(model.logit_scale.detach())), "embed_dim": cfg.clip_head.embed_dim},
-        "weights": mf.weights_record(
+    model: nn.Module, cfg: Any, graphs: dict, tokenizer: TokenizerEntry, provenance: dict, opset: int
+) -> Manifest:
+    """The bundle's manifest (BUNDLE.md, format_version 2); graphs: name -> GraphEntry."""
+    manifest = Manifest(
+        format_version=FORMAT_VERSION,
+        model=ModelEntry(name=cfg.name, config=cfg.to_dict()),
+        preprocess=Preprocess(
+            image_size=cfg.image_size, pixel_mean=tuple(cfg.pixel_mean), pixel_std=tuple(cfg.pixel_std)
+        ),
+        graphs=graphs,
+        tokenizer=tokenizer,
+        clip=ClipEntry(logit_scale=math.exp(float(model.logit_scale.detach())), embed_dim=cfg.clip_head.embed_dim),
+        weights=mf.weights_record(
             provenance.get("random_init", False), provenance.get("seed"), provenance.get("sources", []),
             provenance.get("random_parts"),
         ),
-        "variants": {},
-        "opset": opset,
-        "versions": mf.library_versions(),
-        "fingerprint": mf.fingerprint(hashes),
-        "created_at": mf.utc_now(),
-    }  # fmt: skip
+        opset=opset,
+        versions=mf.library_versions(),
+        fingerprint="",
+        created_at=utc_now(),
+    )  # fmt: skip
+    manifest.refresh_fingerprint()
+    return manifest
 
 
 def export_bundle(
@@ -259,7 +264,7 @@ def export_bundle(
     simplify: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Export the four graphs + tokenizer + manifest into out_dir; return the manifest dict.
+    """Export the four graphs + tokenizer + manifest into out_dir; return the Manifest.
 
     provenance: {"random_init": bool, "seed": int | None, "sources": [{"kind", "path", "sha256"}],
     optionally "random_parts": [...]} (what model_export.sources.assemble_model returns).
@@ -269,11 +274,11 @@ def export_bundle(
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / mf.MANIFEST_NAME).unlink(missing_ok=True)  # no stale manifest next to half-written graphs
+    Manifest.path(out).unlink(missing_ok=True)  # no stale manifest next to half-written graphs
     if provenance.get("random_init"):
         parts = provenance.get("random_parts") or ["all parts"]
         log.warning(
-            "WARNING: %s: %s, seed %s", mf.RANDOM_WEIGHTS_WARNING, ", ".join(parts), provenance.get("seed")
+            "WARNING: %s: %s, seed %s", RANDOM_WEIGHTS_WARNING, ", ".join(parts), provenance.get("seed")
         )
     model.eval()
     specs = graph_specs(model, cfg)
@@ -288,10 +293,10 @@ def export_bundle(
             _step(bar, f"{spec.name}: onnx.checker", lambda p=path: check_graph(p))
             if simplify:
                 _step(bar, f"{spec.name}: onnxslim", lambda p=path: simplify_graph(p))
-            graphs[spec.name] = _graph_entry(path)
+            graphs[spec.name] = mf.graph_entry(path)
         tokenizer = _step(bar, "tokenizer.json", lambda: _write_tokenizer(out, cfg.text.context_length))
     finally:
         bar.close()
     manifest = build_manifest(model, cfg, graphs, tokenizer, provenance, opset)
-    mf.write_manifest(out, manifest)
+    manifest.write(out)
     return manifest

@@ -9,7 +9,6 @@ The SAM decoder wrapper uses the graph-friendly entry points of model_export.mod
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -56,15 +55,15 @@ class SamDecoderOnnx(nn.Module):
       point_labels (K,N): -1 padding (not-a-point, coordinates ignored), 0 negative, 1 positive,
       2 box top-left, 3 box bottom-right; mask_input (K,1,4h,4w) low-res logits; has_mask_input (K,)
       1.0 where mask_input is used, else SAM's no-mask embedding.
-    Outputs (f32): iou_predictions (K,M+1); low_res_masks (K,M+1,4h,4w) logits; masks (K,M+1,S,S) logits
-      upscaled bilinearly (align_corners=False). Index 0 is the single-mask output, 1..M the multimask ones.
+    Outputs (f32): iou_predictions (K,M+1); low_res_masks (K,M+1,4h,4w) logits. Index 0 is the single-mask
+      output, 1..M the multimask ones. (Callers upscale low_res_masks themselves, straight to the size they
+      need; format-1 bundles also had an S x S `masks` output.)
     """
 
-    def __init__(self, model: nn.Module, image_size: int) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
-        self.image_size = int(image_size)
         with torch.no_grad():
             self.register_buffer("image_pe", model.prompt_encoder.get_dense_pe().detach().clone())
 
@@ -85,7 +84,7 @@ class SamDecoderOnnx(nn.Module):
         point_labels: torch.Tensor,
         mask_input: torch.Tensor,
         has_mask_input: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # labels -1..3 as SAM's _embed_points/_embed_boxes: -1 -> not_a_point only, else PE + label embedding
         sparse = self.prompt_encoder.embed_points(point_coords, point_labels)
         dense = self._embed_masks(mask_input, has_mask_input)
@@ -93,7 +92,4 @@ class SamDecoderOnnx(nn.Module):
         low_res_masks, iou_predictions = self.mask_decoder.predict_masks(
             image_embeddings, self.image_pe, sparse, dense
         )
-        masks = F.interpolate(
-            low_res_masks, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
-        )
-        return iou_predictions, low_res_masks, masks
+        return iou_predictions, low_res_masks

@@ -17,12 +17,13 @@ from typing import Any
 from model_export.build import build_model
 from model_export.checkpoint import (
     CheckpointError,
-    file_sha256,
     load_open_clip_checkpoint,
     load_sam_checkpoint,
     load_samclip,
 )
 from model_export.config import SamClipConfig, load_config
+from samclip_bundle.hashing import sha256_file
+from samclip_bundle.manifest import Manifest
 
 PARTS = {
     "sam": ("image_encoder", "prompt_encoder", "mask_decoder"),
@@ -99,27 +100,27 @@ def _missing_message(random_parts: list[str], some_loaded: bool) -> str:
     )
 
 
-def model_from_manifest(manifest: dict[str, Any]) -> tuple[Any, SamClipConfig]:
-    """Rebuild the exported model from manifest["model"]["config"] and manifest["weights"].
+def model_from_manifest(manifest: Manifest) -> tuple[Any, SamClipConfig]:
+    """Rebuild the exported model from manifest.model.config and manifest.weights.
 
     Checkpoint files must still exist with the recorded sha256 (CheckpointError otherwise).
     """
-    cfg = SamClipConfig.from_dict(manifest["model"]["config"])
-    weights = manifest["weights"]
+    cfg = SamClipConfig.from_dict(manifest.model.config)
+    weights = manifest.weights
     paths: dict[str, str] = {}
-    for source in weights.get("sources", []):
-        path = Path(source["path"])
+    for source in weights.sources:
+        path = Path(source.path)
         if not path.is_file():
             raise CheckpointError(f"weights file recorded in the manifest is gone: {path}")
-        if file_sha256(path) != source["sha256"]:
+        if sha256_file(path) != source.sha256:
             raise CheckpointError(f"{path} changed since export (sha256 differs from the manifest)")
-        paths[source["kind"]] = str(path)
+        paths[source.kind] = str(path)
     net, _, _ = assemble_model(
         load_config(cfg),
         sam=paths.get("sam"),
         clip=paths.get("open_clip"),
         samclip=paths.get("samclip"),
-        random_init=bool(weights.get("random_init")),
-        seed=weights.get("seed"),
+        random_init=weights.random_init,
+        seed=weights.seed,
     )
     return net, cfg

@@ -155,11 +155,7 @@ def _check_decoder(model, cfg, runner, comparison, emb: torch.Tensor, sizes, rng
         ref_masks = upscale(ref_low, cfg.image_size)
         comparison.add("sam_decoder.iou_predictions", out["iou_predictions"], ref_iou.numpy())
         comparison.add("sam_decoder.low_res_masks", out["low_res_masks"], ref_low.numpy())
-        if "masks" in out:
-            comparison.add("sam_decoder.masks", out["masks"], ref_masks.numpy())
-            got = torch.as_tensor(out["masks"])
-        else:
-            got = upscale(torch.as_tensor(out["low_res_masks"]), cfg.image_size)
+        got = upscale(torch.as_tensor(out["low_res_masks"]), cfg.image_size)
         comparison.add_masks(
             masks_at_original(got, input_size, original_size),
             masks_at_original(ref_masks, input_size, original_size),

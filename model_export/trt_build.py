@@ -11,8 +11,7 @@ Profiles (min / opt / max per dynamic axis, shapes in the manifest's axis order)
   sam_decoder  point_coords (K,P,2), point_labels (K,P), mask_input (K,1,4h,4w), has_mask_input (K,)
                                               K: 1 / min(16,M) / M, P: 1 / min(2,P) / P  (--max-prompts M,
                                               --max-points P; P counts SAM's padding point or the 2 box corners)
-The decoder's upscaled `masks` output (K,4,S,S) is unmarked by default: the service only reads
-`low_res_masks` and `iou_predictions`, and at S=1024 that output alone is 16 MiB per prompt.
+Engines have exactly the graph outputs of the bundle contract (samclip_bundle.graphs; format 2).
 
 fp16: the FP16 builder flag plus OBEY_PRECISION_CONSTRAINTS, with normalisation (LayerNorm), softmax, every
 reduction (ReduceMean/Sum of LayerNorm and L2-norm) and Pow layers pinned to fp32 (layer.precision and
@@ -23,14 +22,16 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from service.bundle import sha256_file
-from service.runtime.trt_engines import GRAPHS, engine_filename, sm_tag, upsert_engine_records
+from samclip_bundle.cuda_probe import GpuProbe
+from samclip_bundle.engines import engine_filename, sm_tag, upsert_engine_records
+from samclip_bundle.graphs import GRAPHS
+from samclip_bundle.hashing import sha256_file
+from samclip_bundle.manifest import EngineRecord, Manifest
 
 # axis roles of each graph input (axis index -> role); other axes are taken as fixed from the manifest.
 AXIS_ROLES: dict[str, dict[str, dict[int, str]]] = {
@@ -47,7 +48,6 @@ AXIS_ROLES: dict[str, dict[str, dict[int, str]]] = {
 }
 FP32_LAYER_TYPES = frozenset({"NORMALIZATION", "SOFTMAX", "REDUCE"})
 FP32_ELEMENTWISE_OPS = frozenset({"POW"})
-DROPPED_OUTPUTS = {"sam_decoder": ("masks",)}
 
 
 @dataclass(frozen=True)
@@ -80,26 +80,18 @@ class ProfileLimits:
         }
 
 
-def encoder_grid(manifest: dict[str, Any]) -> int:
-    """h = w = S / patch_size of the bundle's model."""
-    cfg = manifest["model"]["config"]
-    return int(cfg["image_size"]) // int(cfg["encoder"]["patch_size"])
-
-
-def compute_profiles(
-    manifest: dict[str, Any], limits: ProfileLimits
-) -> dict[str, dict[str, dict[str, list[int]]]]:
+def compute_profiles(manifest: Manifest, limits: ProfileLimits) -> dict[str, dict[str, dict[str, list[int]]]]:
     """graph -> input name -> {"min", "opt", "max"} full shapes, from the manifest's input specs.
 
     Fixed (integer) axes in the manifest stay fixed; symbolic axes take their role's range. A symbolic axis
     with no known role is an error (the manifest and this builder disagree)."""
-    ranges = limits.ranges(encoder_grid(manifest))
+    ranges = limits.ranges(manifest.embed_grid)
     out: dict[str, dict[str, dict[str, list[int]]]] = {}
     for graph in GRAPHS:
         roles = AXIS_ROLES[graph]
         out[graph] = {}
-        for spec in manifest["graphs"][graph]["inputs"]:
-            name, shape = spec["name"], spec["shape"]
+        for spec in manifest.graphs[graph].inputs:
+            name, shape = spec.name, spec.shape
             axis_roles = roles.get(name, {})
             dims: dict[str, list[int]] = {"min": [], "opt": [], "max": []}
             for axis, dim in enumerate(shape):
@@ -138,39 +130,30 @@ def engine_record(
     fp32_layers: int,
     outputs: list[str],
     build_s: float,
-) -> dict[str, Any]:
-    """The manifest["engines"] entry for one built engine file (see service/runtime/trt_engines.py)."""
-    return {
-        "graph": graph,
-        "file": path.name,
-        "sha256": sha256_file(path),
-        "bytes": path.stat().st_size,
-        "compute_capability": list(cc),
-        "device_name": device_name,
-        "tensorrt": trt_version,
-        "precision": precision,
-        "profiles": profiles,
-        "fp32_layers": fp32_layers,
-        "outputs": outputs,
-        "build_s": round(build_s, 2),
-        "built_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
+) -> EngineRecord:
+    """The manifest.engines entry for one built engine file (see samclip_bundle/engines.py)."""
+    return EngineRecord(
+        graph=graph,
+        file=path.name,
+        sha256=sha256_file(path),
+        bytes=path.stat().st_size,
+        compute_capability=cc,
+        device_name=device_name,
+        tensorrt=trt_version,
+        precision=precision,
+        profiles=profiles,
+        fp32_layers=fp32_layers,
+        outputs=outputs,
+        build_s=round(build_s, 2),
+        built_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )
 
 
-def read_manifest(bundle: Path) -> dict[str, Any]:
-    return json.loads((bundle / "manifest.json").read_text())
-
-
-def write_manifest(bundle: Path, manifest: dict[str, Any]) -> None:
-    """Atomic replace of BUNDLE/manifest.json."""
-    tmp = bundle / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, bundle / "manifest.json")
-
-
-def update_manifest(bundle: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
-    manifest = upsert_engine_records(read_manifest(bundle), records)
-    write_manifest(bundle, manifest)
+def update_manifest(bundle: Path, records: list[EngineRecord]) -> Manifest:
+    """Add `records` to BUNDLE's manifest (replacing those for the same GPU/TensorRT/precision) and write it."""
+    manifest = Manifest.read(bundle)
+    upsert_engine_records(manifest, records)
+    manifest.write(bundle)
     return manifest
 
 
@@ -216,17 +199,10 @@ def build_engine(
     precision: str,
     workspace_gb: float,
     timing_cache: Path,
-    keep_all_outputs: bool = False,
 ) -> tuple[bytes, int, list[str]]:
     """Serialized engine bytes, number of fp32-pinned layers and the engine's output names."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder, network, _parser = _parse_onnx(trt, logger, onnx_path)
-    if not keep_all_outputs:
-        for name in DROPPED_OUTPUTS.get(graph, ()):
-            for i in range(network.num_outputs):
-                if network.get_output(i).name == name:
-                    network.unmark_output(network.get_output(i))
-                    break
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
@@ -256,18 +232,21 @@ def build_bundle_engines(
     device: int = 0,
     graphs: tuple[str, ...] = GRAPHS,
     timing_cache: Path | None = None,
-) -> list[dict[str, Any]]:
-    """Build one engine per graph on CUDA device `device`, write the files and update the manifest."""
+    probe: GpuProbe | None = None,
+) -> list[EngineRecord]:
+    """Build one engine per graph on CUDA device `device`, write the files and update the manifest.
+    probe: which GPUs the driver sees (samclip_bundle.cuda_probe; tests pass a fake driver)."""
     import tensorrt as trt  # noqa: PLC0415 - optional dependency, only this path needs it
-
-    from service.runtime.cuda_rt import probe_device  # noqa: PLC0415
 
     if not trt.__version__.startswith("10."):
         raise RuntimeError(
             f"build-trt targets TensorRT 10 (weakly-typed fp16 builds); this is TensorRT {trt.__version__}"
         )
-    dev = probe_device(device)
-    manifest = read_manifest(bundle)
+    probe = probe or GpuProbe()
+    dev = next((g for g in probe.gpus() if g.index == device), None)
+    if dev is None:
+        raise RuntimeError(f"CUDA device {device} is not visible: {probe.last_reason or 'no such device'}")
+    manifest = Manifest.read(bundle)
     profiles = compute_profiles(manifest, limits)
     cache_path = (
         timing_cache or bundle / f"trt_timing.{sm_tag(dev.compute_capability)}.trt{trt.__version__}.cache"
@@ -275,7 +254,7 @@ def build_bundle_engines(
     records = []
     for graph in graphs:
         start = time.perf_counter()
-        onnx_path = bundle / manifest["graphs"][graph]["file"]
+        onnx_path = bundle / manifest.graphs[graph].file
         blob, pinned, outputs = build_engine(
             trt, onnx_path, graph, profiles[graph], precision, workspace_gb, cache_path
         )
@@ -295,7 +274,7 @@ def build_bundle_engines(
                 build_s=time.perf_counter() - start,
             )
         )
-        print(f"built {path.name} in {records[-1]['build_s']} s ({pinned} layers kept fp32)", flush=True)
+        print(f"built {path.name} in {records[-1].build_s} s ({pinned} layers kept fp32)", flush=True)
     update_manifest(bundle, records)
     return records
 
@@ -332,5 +311,6 @@ def cmd_build_trt(args: Any) -> int:
     records = build_bundle_engines(
         args.bundle, args.precision, limits, args.workspace_gb, args.device, timing_cache=args.timing_cache
     )
-    print(json.dumps({"limits": asdict(limits), "engines": records}, indent=2))
+    engines = [r.model_dump(mode="json") for r in records]
+    print(json.dumps({"limits": asdict(limits), "engines": engines}, indent=2))
     return 0

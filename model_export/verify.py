@@ -6,11 +6,17 @@ through a *runner* of the chosen backend and the PyTorch modules on the same ran
 max abs error per output plus binary-mask agreement at original size on non-square images (SamPredictor
 pre/post-processing, see model_export.torch_parity). Runners plug in through `RUNNERS` / `register_runner`:
 a factory (bundle_dir, manifest) -> BundleRunner whose `run(graph, feeds)` executes one graph.
+
+Serving backends (`--backend` one of the service's backend names other than the plain onnxruntime runner, e.g.
+tensorrt, openvino, torch) are checked by the service itself: `python -m service.verify BUNDLE --backend X`, run
+in a subprocess (model_export never imports service), gates them against fp32 ONNX Runtime on the CPU.
 """
 
 from __future__ import annotations
 
-import importlib
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from model_export import manifest as mf
+from samclip_bundle.manifest import Manifest
 
 # output -> (atol, rtol): passes when max_abs_err <= atol + rtol * max_abs_ref.
 TOLERANCES: dict[str, tuple[float, float]] = {
@@ -30,7 +36,6 @@ TOLERANCES: dict[str, tuple[float, float]] = {
     "text_encoder.text_embedding": (1e-4, 0.0),
     "sam_decoder.iou_predictions": (1e-4, 1e-4),
     "sam_decoder.low_res_masks": (1e-3, 1e-4),
-    "sam_decoder.masks": (1e-3, 1e-4),
 }
 MIN_PIXEL_AGREEMENT = 0.999
 
@@ -61,7 +66,7 @@ class BundleRunner:
 
     def decode(self, **feeds: np.ndarray) -> dict[str, np.ndarray]:
         """image_embeddings, point_coords, point_labels, mask_input, has_mask_input -> iou_predictions,
-        low_res_masks, masks (see BUNDLE.md)."""
+        low_res_masks (see BUNDLE.md)."""
         return self.run("sam_decoder", feeds)
 
 
@@ -70,7 +75,7 @@ class OrtRunner(BundleRunner):
 
     name = "onnxruntime"
 
-    def __init__(self, bundle_dir: Path, manifest: dict[str, Any], providers: tuple[str, ...] | None = None):
+    def __init__(self, bundle_dir: Path, manifest: Manifest, providers: tuple[str, ...] | None = None):
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest
         self.providers = list(providers or ("CPUExecutionProvider",))
@@ -80,7 +85,7 @@ class OrtRunner(BundleRunner):
         if graph not in self._sessions:
             import onnxruntime as ort
 
-            path = self.bundle_dir / self.manifest["graphs"][graph]["file"]
+            path = self.bundle_dir / self.manifest.graphs[graph].file
             self._sessions[graph] = ort.InferenceSession(str(path), providers=self.providers)
         return self._sessions[graph]
 
@@ -90,7 +95,7 @@ class OrtRunner(BundleRunner):
         return dict(zip(names, session.run(names, feeds), strict=True))
 
 
-RunnerFactory = Callable[[Path, dict[str, Any]], BundleRunner]
+RunnerFactory = Callable[[Path, Manifest], BundleRunner]
 RUNNERS: dict[str, RunnerFactory] = {"onnxruntime": OrtRunner}
 
 
@@ -99,11 +104,8 @@ def register_runner(name: str, factory: RunnerFactory) -> None:
     RUNNERS[name] = factory
 
 
-# Reduced-precision GPU backends are gated against fp32 (mask IoU, cosine) instead of abs tolerances:
-# name -> "module:function(bundle_dir, backend, samples=, seed=) -> report" (see model_export/verify_gpu.py).
-GATED_BACKENDS: dict[str, str] = {
-    name: "model_export.verify_gpu:verify_gpu_backend" for name in ("tensorrt", "ort-cuda", "torch-cuda")
-}
+# Serving backends gated against fp32 ONNX Runtime by `python -m service.verify` (mask IoU / cosine gates).
+GATED_BACKENDS = ("openvino", "tensorrt", "torch", "ort-cuda", "torch-cuda", "onnxruntime-int8")
 
 
 class VerificationError(RuntimeError):
@@ -161,16 +163,13 @@ def verify_bundle(
     from model_export.torch_parity import run_parity
 
     if backend in GATED_BACKENDS:
-        module_name, _, attr = GATED_BACKENDS[backend].partition(":")
-        return getattr(importlib.import_module(module_name), attr)(
-            bundle_dir, backend, samples=samples, seed=seed
-        )
+        return verify_serving_backend(bundle_dir, backend, samples=samples, seed=seed)
     if backend not in RUNNERS:
         raise VerificationError(f"unknown backend {backend!r}; implemented: {sorted(RUNNERS)}")
     bundle = Path(bundle_dir)
     started = time.perf_counter()
-    manifest = mf.read_manifest(bundle)
-    problems = mf.check_artifacts(bundle, manifest)
+    manifest = Manifest.read(bundle)
+    problems = manifest.check_artifacts(bundle)
     model, cfg = model_from_manifest(manifest)
     runner = RUNNERS[backend](bundle, manifest)
     comparison = Comparison()
@@ -181,12 +180,26 @@ def verify_bundle(
         "ok": ok,
         "bundle": str(bundle),
         "backend": backend,
-        "model": manifest["model"]["name"],
-        "fingerprint": manifest.get("fingerprint"),
-        "weights": manifest["weights"],
+        "model": manifest.model.name,
+        "fingerprint": manifest.fingerprint,
+        "weights": manifest.weights.model_dump(mode="json", exclude_none=True),
         "integrity": {"ok": not problems, "problems": problems},
         "samples": samples,
         "image_sizes": image_sizes,
         **parity,
         "seconds": round(time.perf_counter() - started, 2),
     }
+
+
+def verify_serving_backend(
+    bundle_dir: str | Path, backend: str, samples: int = 2, seed: int = 0
+) -> dict[str, Any]:
+    """`python -m service.verify BUNDLE --backend NAME --samples N --seed S` in a subprocess; its JSON report."""
+    cmd = [sys.executable, "-m", "service.verify", str(bundle_dir), "--backend", backend]
+    cmd += ["--samples", str(samples), "--seed", str(seed)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        tail = (proc.stderr or proc.stdout).strip()[-2000:]
+        raise VerificationError(f"`{' '.join(cmd[1:])}` failed (exit {proc.returncode}): {tail}") from None

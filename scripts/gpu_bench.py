@@ -32,12 +32,13 @@ def timed_calls(fn: Any, min_s: float = 1.5, max_iters: int = 20) -> list[float]
 def bench_cpu_reference(bundle: Any, budget: Budget) -> dict[str, Any]:
     """fp32 ONNX Runtime on this machine's CPUs (the parity reference): encoder batch 1 and decoder with 16
     prompts, so each GPU figure can be given as a ratio measured in the same run."""
-    from model_export.parity import OnnxGraphs, generated_images, random_prompts
+    from model_export.onnx_graphs import OnnxGraphs
+    from samclip_bundle.graphs import GRAPHS
+    from samclip_bundle.parity import generated_images, random_prompts
 
     budget.need(40)
-    ref = OnnxGraphs({g: bundle.graph_path(g) for g in bundle.manifest["graphs"]})
-    pre = bundle.manifest["preprocess"]
-    image = generated_images(1, bundle.image_size, pre["pixel_mean"], pre["pixel_std"])
+    ref = OnnxGraphs({g: bundle.graph_path(g) for g in GRAPHS})
+    image = generated_images(1, bundle.image_size, list(bundle.pixel_mean), list(bundle.pixel_std))
     enc = timed_calls(lambda: ref.encode(image), min_s=0.0, max_iters=2)
     emb = ref.encode(image).image_embeddings
     prompts = random_prompts(16, bundle.image_size, bundle.embed_grid)
@@ -50,20 +51,21 @@ def bench_cpu_reference(bundle: Any, budget: Budget) -> dict[str, Any]:
 
 
 def bench_backend(backend: Any, bundle: Any, args: argparse.Namespace, budget: Budget) -> dict[str, Any]:
-    from model_export.parity import generated_images, random_prompts, random_text_ids
+    from samclip_bundle.parity import generated_images, random_prompts, random_text_ids
 
-    size, grid, pre = bundle.image_size, bundle.embed_grid, bundle.manifest["preprocess"]
+    size, grid = bundle.image_size, bundle.embed_grid
+    mean, std = list(bundle.pixel_mean), list(bundle.pixel_std)
     out: dict[str, Any] = {"encoder": {}, "decoder": {}}
     for b in args.encoder_batches:
         budget.need(20)
-        images = generated_images(b, size, pre["pixel_mean"], pre["pixel_std"])
+        images = generated_images(b, size, mean, std)
         t = timed_calls(lambda x=images: backend.encode(x))
         out["encoder"][f"batch_{b}"] = {
             "images_per_s": round(b / statistics.median(t), 2),
             "ms_per_call": round(1000 * statistics.median(t), 2),
             "calls": len(t),
         }
-    emb = backend.encode(generated_images(1, size, pre["pixel_mean"], pre["pixel_std"]))
+    emb = backend.encode(generated_images(1, size, mean, std))
     for k in args.decoder_prompts:
         budget.need(10)
         prompts = random_prompts(k, size, grid)

@@ -7,7 +7,7 @@ recorded as ok / failed (with the error) / skipped (with the reason), under a wa
 2. bundle: `--bundle` or a random-init export of `--model` (vit_b default) made there with torch;
 3. TensorRT engines (fp16) when TensorRT is importable;
 4. per GPU backend available there (tensorrt, ort-cuda, torch-cuda): load time, parity gates against fp32
-   ONNX Runtime on the CPU (mask IoU >= 0.97, CLIP cosine >= 0.99, model_export.parity), encoder images/s at
+   ONNX Runtime on the CPU (mask IoU >= 0.97, CLIP cosine >= 0.99; service.verify), encoder images/s at
    batch 1/8/32 and decoder ms per prompt for 1/16/64 prompts through the Backend interface (numpy in/out,
    host<->device copies included), then end-to-end through the in-process app: `/segment/prompt` on a
    cached image and `/segment/refine?text=` on a new image (each new image = one encoder pass).
@@ -175,9 +175,9 @@ def check_backend(
     budget: Budget,
     report: dict[str, Any],
 ) -> None:
-    from model_export.verify_gpu import gate_backend, gpu_settings
     from service.bundle import Bundle
     from service.runtime.base import create_backend
+    from service.verify import gate_backend, verify_settings
 
     if not spec["available"]:
         report["steps"][f"{name}"] = {"status": "skipped", "reason": spec["reason"]}
@@ -188,7 +188,7 @@ def check_backend(
 
     def load() -> Any:
         budget.need(30)
-        settings = gpu_settings(name, extra.get("precision"), 0, extra.get("torch_device"))
+        settings = verify_settings(name, extra.get("precision"), torch_device=extra.get("torch_device"))
         return create_backend(name, bundle, settings)
 
     backend = step(report, f"{name}.load", load)

@@ -17,6 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from samclip_bundle.manifest import Manifest
 from service.logging import configure_logging
 from service.settings import Settings
 
@@ -72,7 +73,7 @@ def ensure_bundle(settings: Settings) -> Path:
     if settings.bundle is not None:
         return settings.bundle
     target = settings.default_bundle_dir
-    if not (target / "manifest.json").is_file():
+    if not Manifest.exists(target):
         export_random_bundle(target)
     return target
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.pipeline.postprocess import decode_rle
+from service.render import decode_rle
 from training.data.shapes import SHAPES, Scene, make_scene
 
 SEG_SCENES, CLS_PER_SHAPE = 10, 10

@@ -24,7 +24,7 @@ ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 @torch.no_grad()
 def text_vs_background(runner: SamClipRunner, data: Path) -> dict:
-    """The service's /segment?text= rule (service/pipeline/textseg.py) on held-out scenes: template-ensembled
+    """The service's /segment?text= rule (service/tasks/textseg.py) on held-out scenes: template-ensembled
     text ("red circle") against template-ensembled "background" per patch; logits upscaled bilinearly; the text
     wins -> foreground. IoU with the GT mask of that class, for every class present in every image."""
     classes = json.loads((data / "classes.json").read_text())

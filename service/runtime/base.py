@@ -1,17 +1,30 @@
-"""Backend protocol: the one small interface every inference runtime implements.
+"""The one backend shape: a base class that owns the graph sessions, and the four `Backend` methods.
 
-Routes and the pipeline only talk to a `Backend`; ONNX Runtime, OpenVINO, TensorRT and torch backends plug in
-through the registry below and are imported lazily, so `service/` never needs torch unless the torch backend
-is chosen.
+Routes and the pipeline only talk to a `Backend` (encode / clip_head / encode_text / decode, `info`, `close`).
+`GraphBackend` implements them once: it picks the variant from the typed manifest (samclip_bundle.variants),
+loads the four graphs through its subclass, serialises calls per graph (one lock each: callers may use any
+thread), times every call into `metrics.observe_graph(graph, seconds)` (the samclip_inference_seconds{graph}
+histogram) and releases everything in `close()`. A runtime subclass (service/runtime/onnxruntime.py,
+openvino.py, tensorrt.py, torch_backend.py) only says how to load one graph and how to run one graph.
+Backends are created by name through service/runtime/registry.py (`create_backend`), imported lazily so that
+`service/` never needs torch unless the torch backend is chosen.
 """
 
 from __future__ import annotations
 
-import importlib
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
+
+from samclip_bundle.graphs import GRAPH_INPUTS, GRAPH_OUTPUTS, GRAPHS, input_dtype
+from samclip_bundle.variants import VariantChoice, VariantError, choose_variant
+
+# `python -m model_export optimize --target T` writes the variants a runtime label runs.
+OPTIMIZE_TARGETS = {"onnxruntime": "ort-int8", "openvino": "openvino-int8"}
 
 
 class BackendError(RuntimeError):
@@ -50,6 +63,9 @@ class DecoderOutput:
 
 @dataclass
 class BackendInfo:
+    """name: canonical backend name; device: "cpu", "cuda:0"...; precision: e.g. "fp32", "int8", "bf16";
+    details: runtime specifics, incl. "selection" (requested name, backend, variant and why)."""
+
     name: str
     device: str = "cpu"
     precision: str = "fp32"
@@ -58,11 +74,9 @@ class BackendInfo:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What the pipeline needs from a runtime. All arrays are numpy, host memory, C-contiguous.
-
-    Shapes follow model_export/BUNDLE.md. Implementations must return exactly as many rows as they were given
-    (the batcher checks it) and may be called from worker threads, one call at a time per graph.
-    """
+    """What the pipeline needs from a runtime. All arrays are numpy, host memory, C-contiguous; shapes follow
+    model_export/BUNDLE.md. Implementations return exactly as many rows as they were given and may be called
+    from any thread."""
 
     info: BackendInfo
 
@@ -90,48 +104,137 @@ class Backend(Protocol):
         mask_input (K, 1, 4h, 4w); has_mask_input (K,) — all float32."""
         ...
 
-
-DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
-
-
-def decoder_feeds(
-    image_embeddings: np.ndarray,
-    point_coords: np.ndarray,
-    point_labels: np.ndarray,
-    mask_input: np.ndarray,
-    has_mask_input: np.ndarray,
-    dtype: Any = None,
-) -> dict[str, np.ndarray]:
-    """`Backend.decode`'s arguments keyed by the decoder graph's input names (BUNDLE.md), in graph order.
-
-    dtype None: the arrays as given (for runtimes that cast to each input's own dtype); otherwise each as a
-    C-contiguous array of that dtype (`np.ascontiguousarray(a, dtype)`).
-    """
-    arrays = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-    if dtype is not None:
-        arrays = tuple(np.ascontiguousarray(a, dtype) for a in arrays)
-    return dict(zip(DECODER_INPUTS, arrays, strict=True))
+    def close(self) -> None:
+        """Release sessions and device memory; the backend cannot run afterwards."""
+        ...
 
 
-class NamedGraphBackend:
-    """`Backend` methods for runtimes whose graphs run as {input name: array} -> {output name: array}.
+def setting(settings: Any, name: str, default: Any) -> Any:
+    """settings.name, or `default` when the attribute is missing or None (settings may be any namespace)."""
+    value = getattr(settings, name, None)
+    return default if value is None else value
 
-    Subclasses implement `_run_graph`; names and shapes are BUNDLE.md's (see `Backend`).
-    """
 
-    def _run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+class GraphBackend:
+    """Base of every runtime (see module docstring). Subclasses set `name`, `devices` and implement
+    `load_graph` and `run_graph`; optional hooks: `prepare`, `graph_source`, `close_graph`, `describe`."""
+
+    name: ClassVar[str] = "base"
+    devices: ClassVar[tuple[str, ...]] = ("cpu",)  # where this runtime can run ("cpu", "cuda")
+    runtime = "base"  # variant runtime label (manifest variants' `runtimes`); None-like "" = no variants
+
+    def __init__(self, bundle: Any, settings: Any, metrics: Any = None) -> None:
+        self.bundle, self.settings, self.metrics = bundle, settings, metrics
+        self.locks = {g: threading.Lock() for g in GRAPHS}
+        self.sessions: dict[str, Any] = {}
+        self._closed = False
+        self.check_device(str(setting(settings, "device", "auto")))
+        self.prepare()
+        self.variant = self.choose_variant()
+        self._load_all()
+        device, precision, details = self.describe()
+        graphs = {g: self.graph_label(g) for g in GRAPHS}
+        details = {
+            **details,
+            "variant": self.variant.name,
+            "variant_reason": self.variant.reason,
+            "graphs": graphs,
+        }
+        self.info = BackendInfo(self.name, device, precision, details)
+
+    # ---- hooks for runtimes ---------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Runtime set-up before the graphs load (import the runtime, pick devices / engines)."""
+
+    def graph_source(self, graph: str) -> Path:
+        """What `load_graph` loads for `graph`: the chosen variant's file, else the plain graph."""
+        return Path(self.bundle.path) / self.variant.file(self.bundle.manifest, graph)
+
+    def graph_label(self, graph: str) -> Any:
+        """How /info describes one loaded graph (default: its file name)."""
+        return self.graph_source(graph).name
+
+    def load_graph(self, graph: str, source: Path) -> Any:
+        """Load one graph; the returned session is passed back to run_graph / close_graph."""
         raise NotImplementedError
 
+    def run_graph(self, graph: str, session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one graph: feeds and result keyed by the contract's names (samclip_bundle.graphs)."""
+        raise NotImplementedError
+
+    def close_graph(self, session: Any) -> None:
+        """Free one session's resources."""
+
+    def describe(self) -> tuple[str, str, dict[str, Any]]:
+        """(device, precision, details) for `info`."""
+        precisions = {e.precision for e in self.variant.entries.values()}
+        return "cpu", "+".join(sorted(precisions)) or "fp32", {}
+
+    def choose_variant(self) -> VariantChoice:
+        """The manifest variant to run (setting `variant`; BackendError when a named one is missing, or when
+        `require_variant` is set and the bundle has none for this runtime)."""
+        wanted = str(setting(self.settings, "variant", "auto"))
+        try:
+            choice = choose_variant(self.bundle.manifest, self.runtime, wanted)
+        except VariantError as exc:
+            raise BackendError(f"{self.name}: {exc}") from None
+        if choice.name is None and setting(self.settings, "require_variant", False):
+            target = OPTIMIZE_TARGETS.get(self.runtime, "...")
+            raise BackendError(
+                f"bundle {self.bundle.path} has no {self.runtime} variant ({choice.reason}); write one with "
+                f"`python -m model_export optimize {self.bundle.path} --target {target}`"
+            )
+        return choice
+
+    def check_device(self, wanted: str) -> None:
+        """BackendError when setting `device` ("auto" | "cpu" | "cuda") asks for a device this runtime lacks."""
+        if wanted not in ("auto", "cpu", "cuda"):
+            raise BackendError(f"device {wanted!r}: expected auto, cpu or cuda (SAMCLIP_DEVICE)")
+        if wanted != "auto" and wanted not in self.devices:
+            raise BackendError(
+                f"SAMCLIP_DEVICE={wanted} but the {self.name} backend runs on {' or '.join(self.devices)}; "
+                "choose another backend (SAMCLIP_BACKEND) or device"
+            )
+
+    # ---- the shared machinery -------------------------------------------------------------------------------
+    def _load_all(self) -> None:
+        graph = ""
+        try:
+            for graph in GRAPHS:
+                self.sessions[graph] = self.load_graph(graph, self.graph_source(graph))
+        except BackendError:
+            self.close()
+            raise
+        except Exception as exc:  # runtimes raise their own types with long messages
+            self.close()
+            raise BackendError(f"{self.name} cannot load {graph}: {type(exc).__name__}: {exc}") from exc
+
+    def run(self, graph: str, *arrays: np.ndarray) -> dict[str, np.ndarray]:
+        """Run `graph` on its inputs in contract order (cast to the contract dtypes), under its lock, timed."""
+        names = GRAPH_INPUTS[graph]
+        feeds = {n: np.ascontiguousarray(a, dtype=input_dtype(n)) for n, a in zip(names, arrays, strict=True)}
+        with self.locks[graph]:
+            if self._closed:
+                raise BackendError(f"{self.name} backend is closed")
+            start = time.perf_counter()
+            out = self.run_graph(graph, self.sessions[graph], feeds)
+            seconds = time.perf_counter() - start
+        if self.metrics is not None:
+            self.metrics.observe_graph(graph, seconds)
+        return out
+
+    def _outputs(self, graph: str, *arrays: np.ndarray) -> list[np.ndarray]:
+        out = self.run(graph, *arrays)
+        return [out[name] for name in GRAPH_OUTPUTS[graph]]
+
     def encode(self, images: np.ndarray) -> EncoderOutput:
-        out = self._run_graph("encoder", {"image": images})
-        return EncoderOutput(out["image_embeddings"], out["patch_tokens"])
+        return EncoderOutput(*self._outputs("encoder", images))
 
     def clip_head(self, patch_tokens: np.ndarray) -> ClipOutput:
-        out = self._run_graph("clip_head", {"patch_tokens": patch_tokens})
-        return ClipOutput(out["image_embedding"], out["patch_embeddings"])
+        return ClipOutput(*self._outputs("clip_head", patch_tokens))
 
     def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._run_graph("text_encoder", {"input_ids": input_ids})["text_embedding"]
+        return self._outputs("text_encoder", input_ids)[0]
 
     def decode(
         self,
@@ -141,39 +244,90 @@ class NamedGraphBackend:
         mask_input: np.ndarray,
         has_mask_input: np.ndarray,
     ) -> DecoderOutput:
-        feeds = decoder_feeds(image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
-        out = self._run_graph("sam_decoder", feeds)
-        return DecoderOutput(out["iou_predictions"], out["low_res_masks"])
+        arrays = (image_embeddings, point_coords, point_labels, mask_input, has_mask_input)
+        return DecoderOutput(*self._outputs("sam_decoder", *arrays))
+
+    def close(self) -> None:
+        """Free every session (idempotent); later calls raise BackendError."""
+        for graph in GRAPHS:
+            with self.locks[graph]:
+                session = self.sessions.pop(graph, None)
+                if session is not None:
+                    self.close_graph(session)
+        self._closed = True
+        self.after_close()
+
+    def after_close(self) -> None:
+        """Runtime-wide clean-up after every graph is closed (e.g. a CUDA context)."""
 
 
-# name -> "module:factory". Factories take (bundle, settings) and return a Backend.
+# ---- registry ------------------------------------------------------------------------------------------------
+# name -> "module:class"; classes take (bundle, settings, metrics) and are imported only when chosen.
 _REGISTRY: dict[str, str] = {
     "onnxruntime": "service.runtime.onnxruntime:OnnxRuntimeBackend",
     "openvino": "service.runtime.openvino:OpenVinoBackend",
-    "onnxruntime-int8": "service.runtime.ort_int8:OnnxRuntimeInt8Backend",
     "tensorrt": "service.runtime.tensorrt:TensorRTBackend",
-    "ort-cuda": "service.runtime.ort_cuda:OrtCudaBackend",
-    "torch-cuda": "service.runtime.torch_cuda:TorchCudaBackend",
+    "torch": "service.runtime.torch_backend:TorchBackend",
+}
+# Old names: (backend, settings they imply). onnxruntime-int8 = a variant, ort-cuda = providers, torch-cuda = device.
+ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "onnxruntime-int8": ("onnxruntime", {"require_variant": True}),
+    "ort-cuda": ("onnxruntime", {"device": "cuda"}),
+    "torch-cuda": ("torch", {"device": "cuda"}),
 }
 
 
+class SettingsView:
+    """`settings` with some attributes replaced (what an alias or `auto` implies); everything else passes
+    through."""
+
+    def __init__(self, settings: Any, **overrides: Any) -> None:
+        self._settings, self._overrides = settings, overrides
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._overrides:
+            return self._overrides[name]
+        return getattr(self._settings, name)
+
+
 def register_backend(name: str, target: str) -> None:
-    """Register a backend factory as "package.module:Callable" (imported only when chosen)."""
+    """Register a backend class as "package.module:Class" (imported only when chosen)."""
     _REGISTRY[name] = target
 
 
 def available_backends() -> list[str]:
-    return sorted(_REGISTRY)
+    """Every name create_backend accepts: backends, aliases and "auto"."""
+    return sorted({*_REGISTRY, *ALIASES, "auto"})
 
 
-def create_backend(name: str, bundle: Any, settings: Any) -> Backend:
+def create_backend(name: str, bundle: Any, settings: Any, metrics: Any = None) -> Backend:
+    """Load backend `name` ("auto", a backend or an alias) over `bundle`. info.details["selection"] says
+    what was asked for, what runs, which variant, and why (service/runtime/auto.py for "auto")."""
+    if name == "auto":
+        from service.runtime.auto import resolve_backend
+
+        choice = resolve_backend(settings, bundle)
+        backend_name, overrides, reason = choice.name, {"device": choice.device}, choice.reason
+    elif name in ALIASES:
+        backend_name, overrides = ALIASES[name]
+        reason = f"{name} is an alias of {backend_name} with {overrides}"
+    elif name in _REGISTRY:
+        backend_name, overrides, reason = name, {}, f"asked for (SAMCLIP_BACKEND={name})"
+    else:
+        raise BackendError(f"unknown backend {name!r}; known: {', '.join(available_backends())}")
+    module_name, _, attr = _REGISTRY[backend_name].partition(":")
     try:
-        target = _REGISTRY[name]
-    except KeyError:
-        raise BackendError(f"unknown backend {name!r}; known: {', '.join(available_backends())}") from None
-    module_name, _, attr = target.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
+        import importlib
+
+        cls = getattr(importlib.import_module(module_name), attr)
     except ImportError as exc:
-        raise BackendError(f"backend {name!r} is not installed here: {exc}") from exc
-    return factory(bundle, settings)
+        raise BackendError(f"backend {backend_name!r} is not installed here: {exc}") from exc
+    backend = cls(bundle, SettingsView(settings, **overrides) if overrides else settings, metrics)
+    backend.info.details["selection"] = {
+        "requested": name,
+        "backend": backend_name,
+        "variant": backend.info.details.get("variant"),
+        "reason": reason,
+        "variant_reason": backend.info.details.get("variant_reason"),
+    }
+    return backend

@@ -11,11 +11,12 @@ memory (`PinnedBuffer.view(shape, dtype)`), so numpy writes go straight into pag
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
+import threading
 from typing import Any
 
 import numpy as np
 
+from samclip_bundle.cuda_probe import GpuInfo
 from service.runtime.base import BackendError
 
 
@@ -31,15 +32,6 @@ def _import_cudart() -> Any:
                 "cuda-python is not installed (pip install 'samclip-serve[trt]'); the TensorRT backend needs it"
             ) from exc
     return cudart
-
-
-@dataclass(frozen=True)
-class DeviceInfo:
-    """The GPU a backend runs on: index, marketing name and compute capability (major, minor)."""
-
-    index: int
-    name: str
-    compute_capability: tuple[int, int]
 
 
 class PinnedBuffer:
@@ -71,10 +63,18 @@ class CudaRuntime:
     def __init__(self, device: int = 0, cudart: Any | None = None) -> None:
         self.cudart = cudart if cudart is not None else _import_cudart()
         self.device = device
+        self._current = threading.local()
         count = self._check(self.cudart.cudaGetDeviceCount(), "cudaGetDeviceCount")
         if device >= count:
             raise BackendError(f"CUDA device {device} requested but only {count} device(s) are visible")
-        self._check(self.cudart.cudaSetDevice(device), "cudaSetDevice")
+        self.make_current()
+
+    def make_current(self) -> None:
+        """cudaSetDevice(device) on the calling thread, once per thread (the current device is per thread:
+        a thread that never set it would allocate and launch on device 0)."""
+        if getattr(self._current, "device", None) != self.device:
+            self._check(self.cudart.cudaSetDevice(self.device), "cudaSetDevice")
+            self._current.device = self.device
 
     def _check(self, result: Any, what: str) -> Any:
         """cuda-python returns (err, *values); raise on err != cudaSuccess and return the value(s)."""
@@ -87,10 +87,10 @@ class CudaRuntime:
             return None
         return values[0] if len(values) == 1 else tuple(values)
 
-    def device_info(self) -> DeviceInfo:
+    def device_info(self) -> GpuInfo:
         prop = self._check(self.cudart.cudaGetDeviceProperties(self.device), "cudaGetDeviceProperties")
         name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-        return DeviceInfo(self.device, name.rstrip("\x00"), (int(prop.major), int(prop.minor)))
+        return GpuInfo(self.device, name.rstrip("\x00"), (int(prop.major), int(prop.minor)))
 
     def malloc(self, nbytes: int) -> int:
         return int(self._check(self.cudart.cudaMalloc(max(nbytes, 1)), "cudaMalloc"))
@@ -121,8 +121,3 @@ class CudaRuntime:
     def dtoh_async(self, dst: int, src: int, nbytes: int, stream: Any) -> None:
         kind = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         self._check(self.cudart.cudaMemcpyAsync(dst, src, nbytes, kind, stream), "cudaMemcpyAsync(D2H)")
-
-
-def probe_device(device: int = 0) -> DeviceInfo:
-    """Name and compute capability of CUDA device `device`; BackendError when none is usable."""
-    return CudaRuntime(device).device_info()

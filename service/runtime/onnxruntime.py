@@ -1,39 +1,42 @@
-"""ONNX Runtime backend: one InferenceSession per bundle graph.
+"""ONNX Runtime backend (`SAMCLIP_BACKEND=onnxruntime`): one InferenceSession per graph, on the CPU or a GPU.
 
-- Providers come from settings.providers (CPUExecutionProvider by default; CUDA / TensorRT execution providers
-  where this onnxruntime build has them). Requested providers that are not available are dropped with a
-  warning; CPU is always the last fallback.
-- Session options: intra_op_num_threads = settings.intra_op_threads (0 = auto: number of CPUs this process may
-  run on, os.sched_getaffinity), inter_op_num_threads = settings.inter_op_threads, graph optimisation ALL.
-- The decoder's `masks` output (K, 4, S, S) is pruned from the graph before the session is created (the ONNX
-  proto is loaded, the output and every node only it needs are removed), so ORT never computes it: the
-  service upsamples low_res_masks itself, straight to the original size.
-- Per-graph wall time goes to metrics.observe_graph(graph, seconds) when a metrics object is supplied.
+Execution providers:
+- setting `device` "cuda" (or the old name `ort-cuda`): CUDAExecutionProvider on `cuda_device`, CPU as ORT's
+  fallback for unsupported ops. A build without the CUDA provider, or a session where ORT silently fell back to
+  the CPU (missing CUDA/cuDNN libraries), is refused with a BackendError, so a mis-installed GPU node is never
+  served as "GPU";
+- otherwise setting `providers` (CPUExecutionProvider by default; CUDA / TensorRT providers where this build
+  has them; unavailable ones are dropped with a warning, CPU is always the last fallback); `device` "cpu"
+  keeps only the CPU provider.
+When a session runs on CUDA, every call goes through IO binding: inputs uploaded once as device OrtValues,
+outputs allocated by ORT on the device and copied back once (the `io_binding` keyword forces this path on the
+CPU provider too, for tests).
+
+Variants (runtime label "onnxruntime" on the CPU): setting `variant` ("auto": the passing int8 variant written by
+`python -m model_export optimize BUNDLE --target ort-int8`; "none"; or a name); the old name
+`onnxruntime-int8` requires one. On CUDA (label "onnxruntime-cuda") the fp32 graphs run: no step writes fp16
+ONNX variants, fp16 on a GPU is the tensorrt and torch backends' job (setting `precision` fp16/bf16 is refused).
+Session options: intra_op_num_threads = `intra_op_threads` (0 = the CPUs this process may use, runtime/cpus.py),
+inter_op_num_threads = `inter_op_threads`, graph optimisation ALL.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
-from service.runtime.base import (
-    BackendError,
-    BackendInfo,
-    ClipOutput,
-    DecoderOutput,
-    EncoderOutput,
-    decoder_feeds,
-)
+from samclip_bundle.graphs import GRAPH_OUTPUTS
+from service.runtime.base import BackendError, GraphBackend, setting
 from service.runtime.cpus import available_cpus
 
 log = logging.getLogger(__name__)
 
-DECODER_KEEP = ("iou_predictions", "low_res_masks")
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
 def auto_threads() -> int:
@@ -41,43 +44,8 @@ def auto_threads() -> int:
     return available_cpus()
 
 
-def _subgraph_inputs(node: onnx.NodeProto) -> set[str]:
-    names: set[str] = set()
-    for attr in node.attribute:
-        graphs = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-        for graph in graphs:
-            for sub in graph.node:
-                names.update(sub.input)
-                names |= _subgraph_inputs(sub)
-    return names
-
-
-def prune_outputs(model: onnx.ModelProto, keep: tuple[str, ...]) -> onnx.ModelProto:
-    """Keep only the graph outputs named in `keep`, drop nodes and initializers nothing needs any more."""
-    graph = model.graph
-    kept_outputs = [o for o in graph.output if o.name in keep]
-    missing = set(keep) - {o.name for o in kept_outputs}
-    if missing:
-        raise BackendError(f"graph has no output(s) {sorted(missing)}")
-    del graph.output[:]
-    graph.output.extend(kept_outputs)
-    needed = set(keep)
-    kept_nodes = []
-    for node in reversed(graph.node):
-        if any(name in needed for name in node.output):
-            kept_nodes.append(node)
-            needed.update(node.input)
-            needed |= _subgraph_inputs(node)
-    kept_nodes.reverse()
-    del graph.node[:]
-    graph.node.extend(kept_nodes)
-    initializers = [i for i in graph.initializer if i.name in needed]
-    del graph.initializer[:]
-    graph.initializer.extend(initializers)
-    return model
-
-
 def select_providers(requested: list[str]) -> list[str]:
+    """`requested` minus the providers this build lacks (warned about), CPU appended as the last fallback."""
     available = set(ort.get_available_providers())
     chosen = [p for p in requested if p in available]
     dropped = [p for p in requested if p not in available]
@@ -90,94 +58,104 @@ def select_providers(requested: list[str]) -> list[str]:
 
 def session_options(settings: Any) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    intra = int(getattr(settings, "intra_op_threads", 0) or 0)
+    intra = int(setting(settings, "intra_op_threads", 0))
     opts.intra_op_num_threads = intra if intra > 0 else auto_threads()
-    opts.inter_op_num_threads = max(1, int(getattr(settings, "inter_op_threads", 1) or 1))
+    opts.inter_op_num_threads = max(1, int(setting(settings, "inter_op_threads", 1)))
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return opts
 
 
-class OnnxRuntimeBackend:
-    """Backend protocol (service/runtime/base.py) on ONNX Runtime. Arrays in and out: numpy, host memory."""
+class _BoundSession:
+    """An InferenceSession run through IO binding on `device_type`:`device_id`."""
 
-    def __init__(self, bundle: Any, settings: Any, metrics: Any = None) -> None:
-        self.metrics = metrics
-        self.providers = select_providers(list(getattr(settings, "providers", ["CPUExecutionProvider"])))
-        self._opts = session_options(settings)
-        self.sessions: dict[str, ort.InferenceSession] = {}
-        for name in ("encoder", "clip_head", "text_encoder"):
-            self.sessions[name] = self._session(str(bundle.graph_path(name)), name)
-        try:
-            decoder = onnx.load(str(bundle.graph_path("sam_decoder")))
-            decoder_bytes = prune_outputs(decoder, DECODER_KEEP).SerializeToString()
-        except BackendError:
-            raise
-        except Exception as exc:
-            raise BackendError(f"cannot load sam_decoder.onnx: {type(exc).__name__}: {exc}") from exc
-        self.sessions["sam_decoder"] = self._session(decoder_bytes, "sam_decoder")
-        used = self.sessions["encoder"].get_providers()
-        device = (
-            "cuda"
-            if any(p in used for p in ("CUDAExecutionProvider", "TensorrtExecutionProvider"))
-            else "cpu"
-        )
-        self.info = BackendInfo(
-            name="onnxruntime",
-            device=device,
-            precision="fp32",
-            details={
-                "providers": used,
-                "onnxruntime": ort.__version__,
-                "intra_op_threads": self._opts.intra_op_num_threads,
-                "inter_op_threads": self._opts.inter_op_num_threads,
-            },
-        )
+    def __init__(self, session: ort.InferenceSession, graph: str, device_type: str, device_id: int) -> None:
+        self.session, self.device_type, self.device_id = session, device_type, device_id
+        self.input_dtypes = {i.name: _ORT_DTYPES.get(i.type, np.float32) for i in session.get_inputs()}
+        self.outputs = list(GRAPH_OUTPUTS[graph])
 
-    def _session(self, model: str | bytes, name: str) -> ort.InferenceSession:
-        try:
-            return ort.InferenceSession(model, sess_options=self._opts, providers=self.providers)
-        except Exception as exc:
-            raise BackendError(f"onnxruntime cannot load {name}: {type(exc).__name__}: {exc}") from exc
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        binding = self.session.io_binding()
+        for name, dtype in self.input_dtypes.items():
+            arr = np.ascontiguousarray(feeds[name], dtype=dtype)
+            value = ort.OrtValue.ortvalue_from_numpy(arr, self.device_type, self.device_id)
+            binding.bind_ortvalue_input(name, value)
+        for name in self.outputs:
+            binding.bind_output(name, self.device_type, self.device_id)
+        self.session.run_with_iobinding(binding)
+        values = binding.copy_outputs_to_cpu()
+        return {n: np.asarray(v, dtype=np.float32) for n, v in zip(self.outputs, values, strict=True)}
 
-    def _run(self, graph: str, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        start = time.perf_counter()
-        result = self.sessions[graph].run(outputs, feeds)
-        if self.metrics is not None:
-            self.metrics.observe_graph(graph, time.perf_counter() - start)
-        return result
 
-    def encode(self, images: np.ndarray) -> EncoderOutput:
-        emb, tokens = self._run(
-            "encoder",
-            ["image_embeddings", "patch_tokens"],
-            {"image": np.ascontiguousarray(images, np.float32)},
-        )
-        return EncoderOutput(image_embeddings=emb, patch_tokens=tokens)
+class OnnxRuntimeBackend(GraphBackend):
+    """Backend protocol on ONNX Runtime (see module docstring)."""
 
-    def clip_head(self, patch_tokens: np.ndarray) -> ClipOutput:
-        img, dense = self._run(
-            "clip_head",
-            ["image_embedding", "patch_embeddings"],
-            {"patch_tokens": np.ascontiguousarray(patch_tokens, np.float32)},
-        )
-        return ClipOutput(image_embedding=img, patch_embeddings=dense)
+    name = "onnxruntime"
+    devices = ("cpu", "cuda")
 
-    def encode_text(self, input_ids: np.ndarray) -> np.ndarray:
-        (emb,) = self._run(
-            "text_encoder", ["text_embedding"], {"input_ids": np.ascontiguousarray(input_ids, np.int64)}
-        )
-        return emb
+    def __init__(
+        self, bundle: Any, settings: Any, metrics: Any = None, *, io_binding: bool | None = None
+    ) -> None:
+        self._io_binding = io_binding
+        super().__init__(bundle, settings, metrics)
 
-    def decode(
-        self,
-        image_embeddings: np.ndarray,
-        point_coords: np.ndarray,
-        point_labels: np.ndarray,
-        mask_input: np.ndarray,
-        has_mask_input: np.ndarray,
-    ) -> DecoderOutput:
-        feeds = decoder_feeds(
-            image_embeddings, point_coords, point_labels, mask_input, has_mask_input, np.float32
-        )
-        iou, low = self._run("sam_decoder", list(DECODER_KEEP), feeds)
-        return DecoderOutput(iou_predictions=iou, low_res_masks=low)
+    def prepare(self) -> None:
+        self.device_id = int(setting(self.settings, "cuda_device", 0))
+        device = str(setting(self.settings, "device", "auto"))
+        precision = str(setting(self.settings, "precision", "auto"))
+        if precision in ("fp16", "bf16"):
+            raise BackendError(
+                f"the onnxruntime backend runs the bundle's fp32 graphs or int8 variants, not {precision}; "
+                "16-bit GPU inference is the tensorrt or torch backend (SAMCLIP_BACKEND)"
+            )
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise BackendError(
+                    "this onnxruntime has no CUDAExecutionProvider (available: "
+                    f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu"
+                )
+            self.providers: list = [
+                ("CUDAExecutionProvider", {"device_id": self.device_id}),
+                "CPUExecutionProvider",
+            ]
+        elif device == "cpu":
+            self.providers = ["CPUExecutionProvider"]
+        else:
+            self.providers = select_providers(
+                list(setting(self.settings, "providers", ["CPUExecutionProvider"]))
+            )
+        first = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
+        self.on_gpu = first in _GPU_PROVIDERS
+        self.runtime = "onnxruntime-cuda" if self.on_gpu else "onnxruntime"
+        self.options = session_options(self.settings)
+
+    def load_graph(self, graph: str, source: Path) -> Any:
+        session = ort.InferenceSession(str(source), sess_options=self.options, providers=self.providers)
+        used = session.get_providers()
+        if self.on_gpu and used[0] not in _GPU_PROVIDERS:
+            raise BackendError(
+                f"{graph}: ONNX Runtime did not enable {self.providers[0]} (got {used}); check that "
+                "onnxruntime-gpu and matching CUDA/cuDNN libraries are installed"
+            )
+        bind = self.on_gpu if self._io_binding is None else self._io_binding
+        if bind:
+            return _BoundSession(session, graph, "cuda" if self.on_gpu else "cpu", self.device_id)
+        return session
+
+    def run_graph(self, graph: str, session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if isinstance(session, _BoundSession):
+            return session.run(feeds)
+        names = list(GRAPH_OUTPUTS[graph])
+        return dict(zip(names, session.run(names, feeds), strict=True))
+
+    def describe(self) -> tuple[str, str, dict[str, Any]]:
+        _, precision, _ = super().describe()
+        encoder = self.sessions["encoder"]
+        used = (encoder.session if isinstance(encoder, _BoundSession) else encoder).get_providers()
+        details = {
+            "providers": used,
+            "onnxruntime": ort.__version__,
+            "io_binding": isinstance(encoder, _BoundSession),
+            "intra_op_threads": self.options.intra_op_num_threads,
+            "inter_op_threads": self.options.inter_op_num_threads,
+        }
+        return (f"cuda:{self.device_id}" if self.on_gpu else "cpu"), precision, details

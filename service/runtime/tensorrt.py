@@ -1,14 +1,16 @@
 """Native TensorRT backend (`SAMCLIP_BACKEND=tensorrt`): the engines `python -m model_export build-trt` wrote.
 
-Load: pick one engine record per graph from `manifest["engines"]` for the wanted precision
+Load: pick one engine record per graph from `manifest.engines` (samclip_bundle.engines) for the wanted precision
 (`settings.precision`: "fp16" default, or "fp32") that matches THIS GPU's compute capability and THIS TensorRT
 version exactly; anything else is refused with a BackendError naming the file, what it was built for and the
 rebuild command (the app then stays live but never ready). Each file's sha256 is checked before it is
 deserialized.
 
 Run: one execution context, one non-blocking CUDA stream, and one set of device + pinned host buffers per
-graph, sized once for the profile's max shapes (no allocation per call); a lock per graph serialises calls, so
-each graph behaves as one worker with its own stream. A call copies inputs into pinned memory, H2D async,
+graph, sized once for the profile's max shapes (no allocation per call); the base class's lock per graph
+serialises calls, so each graph behaves as one worker with its own stream. CUDA's current device is per thread,
+so every call first makes `cuda_device` current on the calling thread (`CudaRuntime.make_current`, once per
+thread), whichever thread runs it (loader, batcher, request pool). A call copies inputs into pinned memory, H2D async,
 `set_input_shape` for every input, `set_tensor_address` for every tensor, `execute_async_v3`, D2H async, one
 stream sync. Batches larger than the profile's max (encoder/CLIP-head B, text N, decoder K) run in chunks.
 Device memory and streams come from cuda-python (service/runtime/cuda_rt.py), never torch.
@@ -16,16 +18,16 @@ Device memory and streams come from cuda-python (service/runtime/cuda_rt.py), ne
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.bundle import sha256_file
-from service.runtime.base import BackendError, BackendInfo, NamedGraphBackend
+from samclip_bundle.engines import EngineMismatch, select_engines
+from samclip_bundle.hashing import sha256_file
+from samclip_bundle.variants import VariantChoice
+from service.runtime.base import BackendError, GraphBackend, setting
 from service.runtime.cuda_rt import CudaRuntime, PinnedBuffer
-from service.runtime.trt_engines import GRAPHS, EngineMismatch, select_engines
 
 # inputs whose axis 0 is the chunkable batch axis, per graph
 _BATCHED_INPUTS = {
@@ -37,7 +39,8 @@ _BATCHED_INPUTS = {
 
 
 class TrtGraph:
-    """One deserialized engine with its context, stream and max-size buffers. Not thread-safe by itself."""
+    """One deserialized engine with its context, stream and max-size buffers. Not thread-safe by itself (the
+    backend's per-graph lock serialises it); the caller makes the CUDA device current on its thread first."""
 
     def __init__(self, trt: Any, runtime: Any, cuda: CudaRuntime, path: Path, name: str) -> None:
         self.name, self.trt, self.cuda = name, trt, cuda
@@ -46,7 +49,6 @@ class TrtGraph:
             raise BackendError(f"TensorRT could not deserialize {path.name} (corrupt or incompatible engine)")
         self.context = self.engine.create_execution_context()
         self.stream = cuda.stream_create()
-        self.lock = threading.Lock()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inputs = [n for n in names if is_input[n]]
@@ -80,27 +82,26 @@ class TrtGraph:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """feeds: input name -> host array (any float/int dtype, cast to the engine's). Returns float32 copies."""
-        with self.lock:
-            for n in self.inputs:
-                arr = np.ascontiguousarray(feeds[n], dtype=self.dtypes[n])
-                hi = self.max_shapes[n]
-                if arr.ndim != len(hi) or any(d > m for d, m in zip(arr.shape, hi, strict=True)):
-                    raise BackendError(
-                        f"{self.name}: input {n} shape {arr.shape} exceeds the engine profile {hi}"
-                    )
-                self.host[n].view(arr.shape, arr.dtype)[...] = arr
-                self.cuda.htod_async(self.device[n], self.host[n].ptr, arr.nbytes, self.stream)
-                if not self.context.set_input_shape(n, arr.shape):
-                    raise BackendError(f"{self.name}: TensorRT rejected shape {arr.shape} for {n}")
-            shapes = {n: tuple(int(d) for d in self.context.get_tensor_shape(n)) for n in self.outputs}
-            if not self.context.execute_async_v3(int(self.stream)):
-                raise BackendError(f"{self.name}: TensorRT execute_async_v3 failed")
-            views = {}
-            for n, shape in shapes.items():
-                views[n] = self.host[n].view(shape, self.dtypes[n])
-                self.cuda.dtoh_async(self.host[n].ptr, self.device[n], views[n].nbytes, self.stream)
-            self.cuda.stream_sync(self.stream)
-            return {n: v.astype(np.float32, copy=True) for n, v in views.items()}
+        for n in self.inputs:
+            arr = np.ascontiguousarray(feeds[n], dtype=self.dtypes[n])
+            hi = self.max_shapes[n]
+            if arr.ndim != len(hi) or any(d > m for d, m in zip(arr.shape, hi, strict=True)):
+                raise BackendError(
+                    f"{self.name}: input {n} shape {arr.shape} exceeds the engine profile {hi}"
+                )
+            self.host[n].view(arr.shape, arr.dtype)[...] = arr
+            self.cuda.htod_async(self.device[n], self.host[n].ptr, arr.nbytes, self.stream)
+            if not self.context.set_input_shape(n, arr.shape):
+                raise BackendError(f"{self.name}: TensorRT rejected shape {arr.shape} for {n}")
+        shapes = {n: tuple(int(d) for d in self.context.get_tensor_shape(n)) for n in self.outputs}
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise BackendError(f"{self.name}: TensorRT execute_async_v3 failed")
+        views = {}
+        for n, shape in shapes.items():
+            views[n] = self.host[n].view(shape, self.dtypes[n])
+            self.cuda.dtoh_async(self.host[n].ptr, self.device[n], views[n].nbytes, self.stream)
+        self.cuda.stream_sync(self.stream)
+        return {n: v.astype(np.float32, copy=True) for n, v in views.items()}
 
     def run_chunked(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`run` over axis-0 chunks of at most `max_batch` rows of the batched inputs; outputs concatenated."""
@@ -132,52 +133,75 @@ def _import_trt() -> Any:
     return trt
 
 
-class TensorRTBackend(NamedGraphBackend):
+class TensorRTBackend(GraphBackend):
     """Backend over the bundle's TensorRT engines. `trt` and `cuda` are injectable for tests."""
 
+    name = "tensorrt"
+    devices = ("cuda",)
+    runtime = "tensorrt"
+
     def __init__(
-        self, bundle: Any, settings: Any, *, trt: Any = None, cuda: CudaRuntime | None = None
+        self,
+        bundle: Any,
+        settings: Any,
+        metrics: Any = None,
+        *,
+        trt: Any = None,
+        cuda: CudaRuntime | None = None,
     ) -> None:
-        wanted = getattr(settings, "precision", None)
-        precision = "fp16" if wanted in (None, "auto") else wanted
-        if precision not in ("fp16", "fp32"):
+        self.trt, self.cuda = trt, cuda
+        super().__init__(bundle, settings, metrics)
+
+    def prepare(self) -> None:
+        wanted = setting(self.settings, "precision", "auto")
+        self.precision = "fp16" if wanted == "auto" else wanted
+        if self.precision not in ("fp16", "fp32"):
             raise BackendError(
-                f"tensorrt engines are built as fp16 or fp32, not {precision!r} (SAMCLIP_PRECISION)"
+                f"tensorrt engines are built as fp16 or fp32, not {self.precision!r} (SAMCLIP_PRECISION)"
             )
-        device = int(getattr(settings, "cuda_device", 0) or 0)
-        trt = trt if trt is not None else _import_trt()
-        cuda = cuda if cuda is not None else CudaRuntime(device)
-        dev = cuda.device_info()
+        self.device = int(setting(self.settings, "cuda_device", 0))
+        self.trt = self.trt if self.trt is not None else _import_trt()
+        self.cuda = self.cuda if self.cuda is not None else CudaRuntime(self.device)
+        self.gpu = self.cuda.device_info()
         try:
-            records = select_engines(bundle.manifest, precision, dev.compute_capability, trt.__version__)
+            self.records = select_engines(
+                self.bundle.manifest, self.precision, self.gpu.compute_capability, self.trt.__version__
+            )
         except EngineMismatch as exc:
             raise BackendError(str(exc)) from None
-        root = Path(bundle.path)
-        for rec in records.values():
-            path = root / rec["file"]
+        root = Path(self.bundle.path)
+        for rec in self.records.values():
+            path = root / rec.file
             if not path.is_file():
-                raise BackendError(f"engine file {rec['file']} listed in the manifest is missing from {root}")
-            if sha256_file(path) != rec.get("sha256"):
-                raise BackendError(f"engine file {rec['file']}: sha256 differs from the manifest (corrupt?)")
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(logger)
-        self.graphs = {g: TrtGraph(trt, self._runtime, cuda, root / records[g]["file"], g) for g in GRAPHS}
-        self.info = BackendInfo(
-            name="tensorrt",
-            device=f"cuda:{device}",
-            precision=precision,
-            details={
-                "gpu": dev.name,
-                "compute_capability": list(dev.compute_capability),
-                "tensorrt": trt.__version__,
-                "engines": {g: r["file"] for g, r in records.items()},
-                "max_batch": {g: self.graphs[g].max_batch for g in GRAPHS},
-            },
-        )
+                raise BackendError(f"engine file {rec.file} listed in the manifest is missing from {root}")
+            if sha256_file(path) != rec.sha256:
+                raise BackendError(f"engine file {rec.file}: sha256 differs from the manifest (corrupt?)")
+        self._runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
 
-    def _run_graph(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self.graphs[graph].run_chunked(feeds)
+    def choose_variant(self) -> VariantChoice:
+        return VariantChoice(None, reason="tensorrt runs the engines in manifest.engines, not ONNX variants")
 
-    def close(self) -> None:
-        for g in self.graphs.values():
-            g.close()
+    def graph_source(self, graph: str) -> Path:
+        return Path(self.bundle.path) / self.records[graph].file
+
+    def load_graph(self, graph: str, source: Path) -> TrtGraph:
+        self.cuda.make_current()
+        return TrtGraph(self.trt, self._runtime, self.cuda, source, graph)
+
+    def run_graph(self, graph: str, session: TrtGraph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.cuda.make_current()  # CUDA's current device is per thread: callers run graphs from any thread
+        return session.run_chunked(feeds)
+
+    def close_graph(self, session: TrtGraph) -> None:
+        self.cuda.make_current()
+        session.close()
+
+    def describe(self) -> tuple[str, str, dict[str, Any]]:
+        details = {
+            "gpu": self.gpu.name,
+            "compute_capability": list(self.gpu.compute_capability),
+            "tensorrt": self.trt.__version__,
+            "engines": {g: r.file for g, r in self.records.items()},
+            "max_batch": {g: s.max_batch for g, s in self.sessions.items()},
+        }
+        return f"cuda:{self.device}", self.precision, details

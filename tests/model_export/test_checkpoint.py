@@ -11,13 +11,13 @@ from safetensors.torch import save_file
 from model_export.build import build_model
 from model_export.checkpoint import (
     CheckpointError,
-    file_sha256,
     load_open_clip_checkpoint,
     load_sam_checkpoint,
     load_samclip,
     read_samclip_metadata,
     save_samclip,
 )
+from samclip_bundle.hashing import sha256_file
 
 SAM_PREFIXES = ("image_encoder.", "prompt_encoder.", "mask_decoder.")
 
@@ -51,7 +51,7 @@ def test_samclip_round_trip_identical(tmp_path, tiny):
     path = save_samclip(tiny, tmp_path / "m.safetensors", extra_metadata={"sources": [{"kind": "sam"}]})
     loaded, meta = load_samclip(path, config="tiny")
     assert meta["config"] == tiny.config.to_dict() and meta["extra"] == {"sources": [{"kind": "sam"}]}
-    assert meta["sha256"] == file_sha256(path) and len(meta["sha256"]) == 64
+    assert meta["sha256"] == sha256_file(path) and len(meta["sha256"]) == 64
     assert loaded.config == tiny.config and not loaded.training
     a, b = tiny.state_dict(), loaded.state_dict()
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
@@ -99,7 +99,7 @@ def test_sam_checkpoint_loads_strictly(tmp_path, tiny, suffix):
     target = build_model("tiny", seed=2)
     text_before = target.text_encoder.text_projection.clone()
     info = load_sam_checkpoint(target, path)
-    assert info["kind"] == "sam" and info["sha256"] == file_sha256(path)
+    assert info["kind"] == "sam" and info["sha256"] == sha256_file(path)
     got = target.state_dict()
     assert all(torch.equal(got[k], v) for k, v in sd.items())
     assert torch.equal(target.text_encoder.text_projection, text_before)

@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from model_export.build import build_model  # noqa: E402
 from model_export.checkpoint import save_samclip  # noqa: E402
 from model_export.cli import main  # noqa: E402
+from samclip_bundle.manifest import Manifest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,7 +53,7 @@ def test_round_trip_save_export_verify(tmp_path):
     exported = cli("export", "--samclip-checkpoint", str(ckpt), "--out", str(bundle), "--no-progress")
     assert exported.returncode == 0, exported.stderr
     assert "RANDOM WEIGHTS" not in exported.stderr
-    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest = Manifest.read(bundle).to_dict()
     assert manifest["model"]["name"] == "tiny"
     assert manifest["weights"]["random_init"] is False and "warning" not in manifest["weights"]
     (source,) = manifest["weights"]["sources"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from datetime import datetime
 
@@ -16,18 +15,19 @@ ort = pytest.importorskip("onnxruntime")
 
 from model_export.config import load_config  # noqa: E402
 from model_export.export_onnx import example_text_ids  # noqa: E402
-from model_export.torch_parity import Prompt, decoder_feeds, torch_decode, upscale  # noqa: E402
+from model_export.torch_parity import Prompt, decoder_feeds, torch_decode  # noqa: E402
+from samclip_bundle.graphs import GRAPHS  # noqa: E402
+from samclip_bundle.manifest import Manifest  # noqa: E402
 
 TOL = 1e-4
-GRAPHS = ("encoder", "clip_head", "text_encoder", "sam_decoder")
 CFG = load_config("tiny")
 S, G, M = CFG.image_size, CFG.embed_grid, CFG.mask_input_size
 
 
 @pytest.fixture(scope="module")
 def sessions(tiny_bundle):
-    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    return {g: ort.InferenceSession(str(tiny_bundle / manifest["graphs"][g]["file"])) for g in GRAPHS}
+    manifest = Manifest.read(tiny_bundle)
+    return {g: ort.InferenceSession(str(tiny_bundle / manifest.graphs[g].file)) for g in GRAPHS}
 
 
 def run(session, **feeds):
@@ -49,8 +49,8 @@ def test_every_graph_passes_onnx_checker(tiny_bundle):
 
 
 def test_manifest_describes_bundle(tiny_bundle, tiny_model):
-    m = json.loads((tiny_bundle / "manifest.json").read_text())
-    assert m["format_version"] == 1 and m["opset"] == 17
+    m = Manifest.read(tiny_bundle).to_dict()  # key by key, as in manifest.json
+    assert m["format_version"] == 2 and m["opset"] == 17
     assert m["model"] == {"name": "tiny", "config": CFG.to_dict()}
     assert m["preprocess"]["image_size"] == S and m["preprocess"]["pixel_mean"] == list(CFG.pixel_mean)
     assert m["preprocess"]["resize"] == "longest_side" and m["preprocess"]["pad"] == "bottom_right"
@@ -69,10 +69,7 @@ def test_manifest_describes_bundle(tiny_bundle, tiny_model):
         "has_mask_input": ["num_prompts"],
     }  # fmt: skip
     dec_out = {o["name"]: o["shape"] for o in g["sam_decoder"]["outputs"]}
-    assert dec_out == {
-        "iou_predictions": ["num_prompts", 4], "low_res_masks": ["num_prompts", 4, M, M],
-        "masks": ["num_prompts", 4, S, S],
-    }  # fmt: skip
+    assert dec_out == {"iou_predictions": ["num_prompts", 4], "low_res_masks": ["num_prompts", 4, M, M]}
     files = {e["file"]: e["sha256"] for e in g.values()} | {m["tokenizer"]["file"]: m["tokenizer"]["sha256"]}
     for name, sha in files.items():
         assert hashlib.sha256((tiny_bundle / name).read_bytes()).hexdigest() == sha
@@ -148,7 +145,7 @@ def test_decoder_matches_torch_per_prompt(sessions, tiny_model, kind):
     assert out["low_res_masks"].shape == (len(prompts), 4, M, M)
     assert maxerr(out["iou_predictions"], ref_iou) <= TOL
     assert maxerr(out["low_res_masks"], ref_low) <= TOL
-    assert maxerr(out["masks"], upscale(ref_low, S)) <= TOL
+    assert set(out) == {"iou_predictions", "low_res_masks"}  # the S x S upscale is not in the graph
 
 
 def test_decoder_ignores_padding_coords_and_unused_mask(sessions):
@@ -183,8 +180,7 @@ def test_neck_input_config_exports_neck_tokens(tmp_path):
         image, _ = model.clip_head(tokens)
     assert torch.equal(tokens, emb.permute(0, 2, 3, 1))
     export_bundle(model, cfg, tmp_path, {"random_init": True, "seed": 0, "sources": []}, progress=False)
-    manifest = json.loads((tmp_path / "manifest.json").read_text())
-    assert manifest["graphs"]["clip_head"]["inputs"][0]["shape"][-1] == 64
+    assert Manifest.read(tmp_path).clip_width == 64
     enc = ort.InferenceSession(str(tmp_path / "encoder.onnx"), providers=["CPUExecutionProvider"])
     head = ort.InferenceSession(str(tmp_path / "clip_head.onnx"), providers=["CPUExecutionProvider"])
     onnx_tokens = enc.run(["patch_tokens"], {"image": x.numpy()})[0]

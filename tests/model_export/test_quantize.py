@@ -15,10 +15,10 @@ import pytest
 pytest.importorskip("onnxruntime.quantization")
 
 from model_export import quantize  # noqa: E402
-from model_export.manifest import check_artifacts, read_manifest  # noqa: E402
-from model_export.parity import (  # noqa: E402
+from model_export.onnx_graphs import OnnxGraphs  # noqa: E402
+from samclip_bundle.manifest import Manifest  # noqa: E402
+from samclip_bundle.parity import (  # noqa: E402
     GATES,
-    OnnxGraphs,
     cosine_rows,
     mask_iou,
     random_prompts,
@@ -40,7 +40,7 @@ def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_weight_matmuls_splits_linear_from_attention(tiny_bundle: Path) -> None:
     weighted, other = quantize.weight_matmuls(tiny_bundle / "encoder.onnx")
-    cfg = read_manifest(tiny_bundle)["model"]["config"]["encoder"]
+    cfg = Manifest.read(tiny_bundle).model.config["encoder"]
     # per block: qkv, proj, mlp fc1, fc2 have weights; q@k^T and attn@v (and rel-pos einsums) do not
     assert len(weighted) >= 4 * cfg["depth"]
     assert len(other) >= 2 * cfg["depth"]
@@ -50,30 +50,33 @@ def test_weight_matmuls_splits_linear_from_attention(tiny_bundle: Path) -> None:
 def test_optimize_openvino_int8_records_passing_variants(int8_bundle: tuple[Path, dict]) -> None:
     bundle, summary = int8_bundle
     assert summary["status"] == 0
-    manifest = read_manifest(bundle)
-    assert check_artifacts(bundle, manifest) == []  # sha256 of the new files and the fingerprint are updated
-    entries = [e for v in manifest["variants"].values() for e in v if e["name"] == "int8-qdq"]
+    manifest = Manifest.read(bundle)
+    assert manifest.check_artifacts(bundle) == []  # sha256 of the new files and the fingerprint are updated
+    entries = [e for v in manifest.variants.values() for e in v if e.name == "int8-qdq"]
     assert entries, "no graph kept its int8 variant"
     for entry in entries:
-        assert (bundle / entry["file"]).is_file() and entry["file"].endswith(".int8.qdq.onnx")
-        assert entry["runtimes"] == ["openvino"] and entry["quantized_nodes"] > 0
-        parity = entry["parity"]
+        assert (bundle / entry.file).is_file() and entry.file.endswith(".int8.qdq.onnx")
+        assert entry.runtimes == ["openvino"] and entry.quantized_nodes > 0
+        parity = entry.parity.model_dump()
         assert parity["passed"] is True
         assert all(parity[k] >= v for k, v in GATES.items())
-    # the plain fp32 graphs are untouched and still listed
-    assert manifest["graphs"]["encoder"]["file"] == "encoder.onnx"
+    # the plain fp32 graphs are untouched and still listed; the run itself is recorded
+    assert manifest.graphs["encoder"].file == "encoder.onnx"
+    (run,) = manifest.optimizations
+    assert (run.target, run.variant, run.passed, run.reason) == ("openvino-int8", "int8-qdq", True, None)
+    assert sorted(run.kept) == sorted(e.file.split(".")[0] for e in entries)
 
 
 def test_int8_graph_has_quantize_nodes_and_stays_close(int8_bundle: tuple[Path, dict]) -> None:
     import onnx
 
     bundle, _ = int8_bundle
-    manifest = read_manifest(bundle)
-    entry = next(e for e in manifest["variants"].get("encoder", []) if e["name"] == "int8-qdq")
-    ops = {n.op_type for n in onnx.load(str(bundle / entry["file"])).graph.node}
+    manifest = Manifest.read(bundle)
+    entry = next(e for e in manifest.variants.get("encoder", []) if e.name == "int8-qdq")
+    ops = {n.op_type for n in onnx.load(str(bundle / entry.file)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     ref = OnnxGraphs({"encoder": bundle / "encoder.onnx"})
-    fast = OnnxGraphs({"encoder": bundle / entry["file"]}, runtime="openvino", precision="bf16")
+    fast = OnnxGraphs({"encoder": bundle / entry.file}, runtime="openvino", precision="bf16")
     x = np.random.default_rng(0).standard_normal((1, 3, 256, 256)).astype(np.float32)
     cos = cosine_rows(ref.encode(x).image_embeddings, fast.encode(x).image_embeddings)
     assert cos[0] > 0.999
@@ -87,11 +90,11 @@ def test_optimize_ort_int8_and_openvino_bf16(tiny_bundle: Path, tmp_path: Path) 
     assert (bundle / "encoder.int8.onnx").stat().st_size < 0.5 * (bundle / "encoder.onnx").stat().st_size
     bf16 = quantize.optimize(bundle, "openvino-bf16", graphs=("encoder", "sam_decoder"), parity_samples=1)
     assert bf16["parity"]["passed"] and bf16["files"] == {}
-    manifest = read_manifest(bundle)
-    names = {e["name"] for e in manifest["variants"]["encoder"]}
+    manifest = Manifest.read(bundle)
+    names = {e.name for e in manifest.variants["encoder"]}
     assert names == {"int8-dynamic", "bf16"}
-    assert manifest["variants"]["sam_decoder"][0]["file"] == "sam_decoder.onnx"
-    assert check_artifacts(bundle, manifest) == []
+    assert manifest.variants["sam_decoder"][0].file == "sam_decoder.onnx"
+    assert manifest.check_artifacts(bundle) == []
 
 
 def test_select_graphs_drops_the_graph_that_breaks_parity() -> None:
@@ -118,9 +121,10 @@ def test_select_graphs_drops_the_graph_that_breaks_parity() -> None:
 def test_failed_variant_is_not_listed(
     tiny_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With an impossible gate nothing is kept: no variant entry, no stray file, exit status 1."""
-    from model_export import parity
+    """With an impossible gate nothing is kept: no variant entry, no stray file, exit status 1, and the
+    manifest records the run and why nothing was kept."""
     from model_export.cli import main
+    from samclip_bundle import parity
 
     bundle = tmp_path / "tiny"
     shutil.copytree(tiny_bundle, bundle)
@@ -130,7 +134,10 @@ def test_failed_variant_is_not_listed(
     )
     assert status == 1
     assert not (bundle / "encoder.int8.onnx").exists()
-    assert not read_manifest(bundle).get("variants", {}).get("encoder")
+    manifest = Manifest.read(bundle)
+    assert not manifest.variants.get("encoder")
+    (run,) = manifest.optimizations
+    assert run.passed is False and run.kept == [] and "clip_image_cosine" in run.reason
 
 
 def test_optimize_rejects_unknown_graph(tiny_bundle: Path, capsys: pytest.CaptureFixture[str]) -> None:

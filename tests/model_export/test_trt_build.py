@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,45 +12,15 @@ import pytest
 
 from model_export import trt_build
 from model_export.trt_build import ProfileLimits, compute_profiles, keep_fp32
-from service.runtime.trt_engines import (
-    EngineMismatch,
-    engine_filename,
-    record_mismatch,
-    select_engines,
-    upsert_engine_records,
-)
+from samclip_bundle.cuda_probe import GpuProbe
+from samclip_bundle.engines import engine_filename, select_engines
+from samclip_bundle.graphs import GRAPHS
+from samclip_bundle.manifest import Manifest
+from tests.samclip_bundle.bundle_fakes import FakeCudaDriver, synthetic_manifest
 
 
-def _manifest(size=256, patch=16, c=64, w=96) -> dict:
-    h = size // patch
-    f32 = "float32"
-    return {
-        "model": {"name": "tiny", "config": {"image_size": size, "encoder": {"patch_size": patch}}},
-        "graphs": {
-            "encoder": {
-                "file": "encoder.onnx",
-                "inputs": [{"name": "image", "shape": ["batch", 3, size, size], "dtype": f32}],
-            },
-            "clip_head": {
-                "file": "clip_head.onnx",
-                "inputs": [{"name": "patch_tokens", "shape": ["batch", "h", "w", w], "dtype": f32}],
-            },
-            "text_encoder": {
-                "file": "text_encoder.onnx",
-                "inputs": [{"name": "input_ids", "shape": ["n", 77], "dtype": "int64"}],
-            },
-            "sam_decoder": {
-                "file": "sam_decoder.onnx",
-                "inputs": [
-                    {"name": "image_embeddings", "shape": [1, c, h, h], "dtype": f32},
-                    {"name": "point_coords", "shape": ["k", "n", 2], "dtype": f32},
-                    {"name": "point_labels", "shape": ["k", "n"], "dtype": f32},
-                    {"name": "mask_input", "shape": ["k", 1, 4 * h, 4 * h], "dtype": f32},
-                    {"name": "has_mask_input", "shape": ["k"], "dtype": f32},
-                ],
-            },
-        },
-    }
+def _manifest(size=256, patch=16, c=64, w=96) -> Manifest:
+    return synthetic_manifest(size=size, patch=patch, c=c, w=w)
 
 
 def test_profiles_follow_manifest_and_limits():
@@ -91,7 +60,7 @@ def test_profiles_reject_bad_limits_and_unknown_dynamic_axes():
     with pytest.raises(ValueError, match="grid range"):
         compute_profiles(_manifest(), ProfileLimits(min_grid=20))
     m = _manifest()
-    m["graphs"]["encoder"]["inputs"][0]["shape"] = ["batch", 3, "height", 256]
+    m.graphs["encoder"].inputs[0].shape = ["batch", 3, "height", 256]
     with pytest.raises(ValueError, match=r"encoder\.image: axis 2 \('height'\)"):
         compute_profiles(m, ProfileLimits())
 
@@ -141,57 +110,8 @@ def test_pin_fp32_layers_sets_precision_and_output_types():
     assert layers[4].out_types == {0: float32, 1: float32} and layers[3].out_types == {}
 
 
-def test_engine_names():
-    assert engine_filename("encoder", (9, 0), "10.3.0", "fp16") == "encoder.sm90.trt10.3.0.fp16.engine"
-    assert (
-        engine_filename("sam_decoder", [8, 6], "10.0.1.6", "fp32")
-        == "sam_decoder.sm86.trt10.0.1.6.fp32.engine"
-    )
-    with pytest.raises(ValueError):
-        engine_filename("decoder", (9, 0), "10.3.0", "fp16")
-    with pytest.raises(ValueError):
-        engine_filename("encoder", (9, 0), "10.3.0", "int8")
-    with pytest.raises(ValueError):
-        engine_filename("encoder", (9, 0), "../x", "fp16")
-
-
-def _rec(graph, cc=(9, 0), trt="10.3.0", precision="fp16"):
-    return {
-        "graph": graph,
-        "file": engine_filename(graph, cc, trt, precision),
-        "compute_capability": list(cc),
-        "tensorrt": trt,
-        "precision": precision,
-        "device_name": "GPU",
-    }
-
-
-def test_record_compatibility_and_selection():
-    assert record_mismatch(_rec("encoder"), (9, 0), "10.3.0") is None
-    assert "compute capability 8.9" in record_mismatch(_rec("encoder", cc=(8, 9)), (9, 0), "10.3.0")
-    assert "TensorRT 10.2.0" in record_mismatch(_rec("encoder", trt="10.2.0"), (9, 0), "10.3.0")
-    graphs = ("encoder", "clip_head", "text_encoder", "sam_decoder")
-    manifest = {"engines": [_rec(g, cc=(8, 6)) for g in graphs] + [_rec(g) for g in graphs]}
-    chosen = select_engines(manifest, "fp16", (9, 0), "10.3.0")
-    assert {r["file"] for r in chosen.values()} == {f"{g}.sm90.trt10.3.0.fp16.engine" for g in graphs}
-    with pytest.raises(EngineMismatch, match="sam_decoder.sm86.trt10.3.0.fp16.engine"):
-        select_engines({"engines": [_rec(g, cc=(8, 6)) for g in graphs]}, "fp16", (9, 0), "10.3.0")
-    partial = {"engines": [_rec(g) for g in graphs[:3]]}
-    with pytest.raises(EngineMismatch, match="for sam_decoder — no engine recorded"):
-        select_engines(partial, "fp16", (9, 0), "10.3.0")
-
-
-def test_upsert_keeps_other_gpus_and_replaces_same_key():
-    old = {"format_version": 1, "engines": [_rec("encoder", cc=(8, 6)), dict(_rec("encoder"), sha256="old")]}
-    new = upsert_engine_records(old, [dict(_rec("encoder"), sha256="new"), _rec("clip_head")])
-    assert old["engines"][1]["sha256"] == "old"  # input untouched
-    assert len(new["engines"]) == 3 and new["format_version"] == 1
-    sm90 = [r for r in new["engines"] if r["graph"] == "encoder" and r["compute_capability"] == [9, 0]]
-    assert [r["sha256"] for r in sm90] == ["new"]
-
-
 def test_engine_record_and_manifest_update(tmp_path: Path):
-    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 1, "graphs": {}}))
+    _manifest().write(tmp_path)
     path = tmp_path / engine_filename("encoder", (9, 0), "10.3.0", "fp16")
     path.write_bytes(b"engine-bytes")
     rec = trt_build.engine_record(
@@ -206,12 +126,12 @@ def test_engine_record_and_manifest_update(tmp_path: Path):
         outputs=["image_embeddings"],
         build_s=1.234,
     )
-    assert rec["sha256"] == hashlib.sha256(b"engine-bytes").hexdigest()
-    assert rec["bytes"] == 12 and rec["compute_capability"] == [9, 0] and rec["build_s"] == 1.23
+    assert rec.sha256 == hashlib.sha256(b"engine-bytes").hexdigest()
+    assert rec.bytes == 12 and rec.compute_capability == (9, 0) and rec.build_s == 1.23
     manifest = trt_build.update_manifest(tmp_path, [rec])
-    on_disk = json.loads((tmp_path / "manifest.json").read_text())
-    assert on_disk == manifest and on_disk["engines"][0]["file"] == path.name
-    assert not (tmp_path / "manifest.json.tmp").exists()
+    on_disk = Manifest.read(tmp_path)
+    assert on_disk == manifest and on_disk.engines[0].file == path.name
+    assert on_disk.fingerprint == _manifest().fingerprint  # engines are per-GPU additions, not artifacts
 
 
 def test_cli_parses_and_reports_missing_tensorrt(capsys):
@@ -326,8 +246,8 @@ class _FakeTrtBuild:
         self.Builder, self.OnnxParser = Builder, OnnxParser
 
 
-def test_build_engine_sets_profiles_flags_cache_and_drops_masks(tmp_path):
-    trt = _FakeTrtBuild(["iou_predictions", "low_res_masks", "masks"])
+def test_build_engine_sets_profiles_flags_and_cache(tmp_path):
+    trt = _FakeTrtBuild(["iou_predictions", "low_res_masks"])
     profiles = compute_profiles(_manifest(), ProfileLimits(max_prompts=8, max_points=5))["sam_decoder"]
     cache = tmp_path / "timing.cache"
     cache.write_bytes(b"old-cache")
@@ -335,7 +255,7 @@ def test_build_engine_sets_profiles_flags_cache_and_drops_masks(tmp_path):
         trt, tmp_path / "sam_decoder.onnx", "sam_decoder", profiles, "fp16", 2.0, cache
     )
     assert blob == b"engine:iou_predictions,low_res_masks" and outputs == ["iou_predictions", "low_res_masks"]
-    assert trt.unmarked == ["masks"] and pinned == 0
+    assert trt.unmarked == [] and pinned == 0  # format-2 decoders have exactly the contract's outputs
     assert trt.flags == ["FP16", "OBEY"] and trt.workspace == 2 << 30
     assert trt.shapes["point_coords"] == ([1, 1, 2], [8, 2, 2], [8, 5, 2]) and set(trt.shapes) == set(
         profiles
@@ -351,29 +271,20 @@ def test_build_engine_sets_profiles_flags_cache_and_drops_masks(tmp_path):
 def test_build_bundle_engines_writes_files_and_manifest(tmp_path, monkeypatch):
     import sys
 
-    from service.runtime import cuda_rt
-    from service.runtime.cuda_rt import DeviceInfo
-
-    manifest = _manifest()
-    manifest["format_version"] = 1
-    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    _manifest().write(tmp_path)
     fake = _FakeTrtBuild(["out"])
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(cuda_rt, "probe_device", lambda device: DeviceInfo(device, "NVIDIA H200", (9, 0)))
-    records = trt_build.build_bundle_engines(tmp_path, "fp16", ProfileLimits(max_batch=2))
-    assert [r["file"] for r in records] == [
-        f"{g}.sm90.trt10.9.0.fp16.engine" for g in ("encoder", "clip_head", "text_encoder", "sam_decoder")
-    ]
+    probe = GpuProbe(FakeCudaDriver([("NVIDIA H200", (9, 0))]))
+    records = trt_build.build_bundle_engines(tmp_path, "fp16", ProfileLimits(max_batch=2), probe=probe)
+    assert [r.file for r in records] == [f"{g}.sm90.trt10.9.0.fp16.engine" for g in GRAPHS]
     assert fake.parsed == ["encoder.onnx", "clip_head.onnx", "text_encoder.onnx", "sam_decoder.onnx"]
     assert (tmp_path / "trt_timing.sm90.trt10.9.0.cache").read_bytes() == b"timing-cache"
-    on_disk = json.loads((tmp_path / "manifest.json").read_text())
-    chosen = select_engines(on_disk, "fp16", (9, 0), "10.9.0")
-    assert chosen["encoder"]["profiles"]["image"]["max"] == [2, 3, 256, 256]
-    assert (
-        chosen["encoder"]["sha256"]
-        == hashlib.sha256((tmp_path / records[0]["file"]).read_bytes()).hexdigest()
-    )
-    assert chosen["encoder"]["device_name"] == "NVIDIA H200"
+    chosen = select_engines(Manifest.read(tmp_path), "fp16", (9, 0), "10.9.0")
+    assert chosen["encoder"].profiles["image"]["max"] == [2, 3, 256, 256]
+    assert chosen["encoder"].sha256 == hashlib.sha256((tmp_path / records[0].file).read_bytes()).hexdigest()
+    assert chosen["encoder"].device_name == "NVIDIA H200"
+    with pytest.raises(RuntimeError, match="CUDA device 1 is not visible"):
+        trt_build.build_bundle_engines(tmp_path, "fp16", ProfileLimits(), device=1, probe=probe)
     fake.__version__ = "11.0.0"
     with pytest.raises(RuntimeError, match="targets TensorRT 10"):
-        trt_build.build_bundle_engines(tmp_path, "fp16", ProfileLimits())
+        trt_build.build_bundle_engines(tmp_path, "fp16", ProfileLimits(), probe=probe)

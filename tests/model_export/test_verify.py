@@ -16,7 +16,6 @@ sa = pytest.importorskip("segment_anything")
 from segment_anything import SamPredictor  # noqa: E402
 from segment_anything import modeling as sam_modeling  # noqa: E402
 
-from model_export import manifest as mf  # noqa: E402
 from model_export.build import build_model  # noqa: E402
 from model_export.cli import main  # noqa: E402
 from model_export.config import load_config  # noqa: E402
@@ -27,8 +26,11 @@ from model_export.torch_parity import (  # noqa: E402
     masks_at_original,
     preprocess,
     random_image,
+    upscale,
 )
 from model_export.verify import RUNNERS, OrtRunner, VerificationError, register_runner, verify_bundle  # noqa: E402
+from samclip_bundle.hashing import sha256_file  # noqa: E402
+from samclip_bundle.manifest import Manifest  # noqa: E402
 
 CFG = load_config("tiny")
 S, M = CFG.image_size, CFG.mask_input_size
@@ -55,10 +57,10 @@ def test_verify_fails_on_graph_with_other_weights(tiny_bundle, tmp_path):
     spec = next(s for s in graph_specs(build_model("tiny", seed=1), CFG) if s.name == "sam_decoder")
     export_graph(spec, bundle / spec.file, opset=17)
     stamp_output_shapes(bundle / spec.file, spec.output_shapes)
-    manifest = mf.read_manifest(bundle)
-    manifest["graphs"]["sam_decoder"]["sha256"] = mf.file_sha256(bundle / spec.file)
-    manifest["fingerprint"] = mf.fingerprint(mf.artifact_hashes(manifest))
-    mf.write_manifest(bundle, manifest)
+    manifest = Manifest.read(bundle)
+    manifest.graphs["sam_decoder"].sha256 = sha256_file(bundle / spec.file)
+    manifest.refresh_fingerprint()
+    manifest.write(bundle)
     report = verify_bundle(bundle, samples=1)
     assert report["integrity"]["ok"] is True
     assert report["ok"] is False
@@ -129,7 +131,7 @@ def reference_sam(model) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def bundle_runner(tiny_bundle):
-    return OrtRunner(tiny_bundle, mf.read_manifest(tiny_bundle))
+    return OrtRunner(tiny_bundle, Manifest.read(tiny_bundle))
 
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -158,7 +160,7 @@ def test_masks_match_sam_predictor_on_non_square_image(tiny_bundle, tiny_model, 
 
     def bundle_masks(prompts: list[Prompt]) -> np.ndarray:
         out = bundle_runner.decode(**decoder_feeds(emb, prompts, M))
-        return masks_at_original(torch.as_tensor(out["masks"]), input_size, shape)
+        return masks_at_original(upscale(torch.as_tensor(out["low_res_masks"]), S), input_size, shape)
 
     checks = []
     ref, _, low_ref = predictor.predict(points, labels, multimask_output=True)
@@ -182,3 +184,19 @@ def test_masks_match_sam_predictor_on_non_square_image(tiny_bundle, tiny_model, 
         assert _agreement(ours_m, ref_m) >= 0.999
     positive = np.concatenate([r.reshape(-1) for _, r in checks]).mean()
     assert 0.01 < positive < 0.99, "degenerate masks would make the comparison meaningless"
+
+
+def test_serving_backend_is_verified_through_the_service(tiny_bundle, capsys):
+    """`verify --backend openvino` runs `python -m service.verify` in a subprocess (model_export never imports
+    service) and reports its gates; an unavailable backend fails with its reason and exit status 1."""
+    pytest.importorskip("openvino")
+    assert main(["verify", str(tiny_bundle), "--backend", "openvino", "--samples", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is True and report["backend"] == "openvino" and report["device"] == "cpu"
+    assert report["gates"]["text_segment_iou"] == 0.95 and report["decoder_mask_iou"] >= 0.97
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        assert main(["verify", str(tiny_bundle), "--backend", "tensorrt"]) == 1
+        report = json.loads(capsys.readouterr().out)
+        assert report["ok"] is False and "TensorRT is not installed" in report["error"]

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from samclip_bundle.manifest import Manifest
+
 pytestmark = pytest.mark.slow
 
 
@@ -16,7 +18,7 @@ def test_demo_smoke_run_writes_bundle_report_and_gates(tmp_path):
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "training.demo", "--out", str(out), "--scale", "0.01"]
     subprocess.run(cmd, check=True, timeout=1200, capture_output=True)
-    assert (out / "bundle" / "manifest.json").is_file()
+    assert Manifest.exists(out / "bundle")
     for stage in ("1", "2", "3"):
         log = (out / "merge" / f"stage{stage}" / "log.jsonl").read_text().splitlines()
         assert json.loads(log[-1]) == {"stage": stage, "done": True, "world": 2, "params_in_sync": True}

@@ -1,4 +1,4 @@
-"""Shared helpers for the GPU-backend tests: a tiny random-init bundle and the fp32 ONNX Runtime reference.
+"""Shared helpers for the backend tests: a tiny random-init bundle and the fp32 ONNX Runtime reference.
 
 `tiny_bundle_dir(request, tmp_path_factory)` uses the session fixture `tiny_bundle` (tests/conftest.py) when it
 exists and otherwise exports one random-init tiny bundle (seed 0) for this test session.
@@ -6,12 +6,14 @@ exists and otherwise exports one random-init tiny bundle (seed 0) for this test 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
+from samclip_bundle.graphs import GRAPHS
+from samclip_bundle.manifest import Manifest
 
 _CACHE: dict[str, Path] = {}
 
@@ -28,37 +30,36 @@ def tiny_bundle_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.Tem
 
         out = tmp_path_factory.mktemp("gpu_tiny_bundle")
         cfg = load_config("tiny")
-        export_bundle(
-            build_model(cfg, seed=0),
-            cfg,
-            out,
-            {"random_init": True, "seed": 0, "sources": []},
-            progress=False,
-        )
+        provenance = {"random_init": True, "seed": 0, "sources": []}
+        export_bundle(build_model(cfg, seed=0), cfg, out, provenance, progress=False)
         _CACHE["tiny"] = out
     return _CACHE["tiny"]
 
 
-def bundle_view(path: Path, manifest: dict[str, Any] | None = None) -> SimpleNamespace:
-    """The two attributes backends read from service.bundle.Bundle (path, manifest)."""
+def bundle_view(path: Path, manifest: Manifest | None = None) -> SimpleNamespace:
+    """The attributes backends read from service.bundle.Bundle, over `manifest` (default: the bundle's own)."""
+    manifest = manifest or Manifest.read(path)
     return SimpleNamespace(
-        path=Path(path), manifest=manifest or json.loads((Path(path) / "manifest.json").read_text())
+        path=Path(path),
+        manifest=manifest,
+        image_size=manifest.preprocess.image_size,
+        embed_grid=manifest.embed_grid,
+        clip_width=manifest.clip_width,
     )
 
 
 def reference(path: Path) -> Any:
-    """fp32 ONNX Runtime CPU runner over the bundle's graphs (backend-shaped, model_export.parity)."""
-    from model_export.parity import OnnxGraphs
+    """fp32 ONNX Runtime CPU runner over the bundle's graphs (backend-shaped, model_export.onnx_graphs)."""
+    from model_export.onnx_graphs import OnnxGraphs
 
-    m = json.loads((Path(path) / "manifest.json").read_text())
-    return OnnxGraphs({g: Path(path) / m["graphs"][g]["file"] for g in m["graphs"]})
+    m = Manifest.read(path)
+    return OnnxGraphs({g: Path(path) / m.graphs[g].file for g in GRAPHS})
 
 
 def parity_inputs(path: Path, images: int = 2, prompts: int = 6, texts: int = 5) -> tuple:
-    from model_export.parity import generated_images, random_prompts, random_text_ids
+    from samclip_bundle.parity import generated_images, random_prompts, random_text_ids
 
-    m = json.loads((Path(path) / "manifest.json").read_text())
-    size = m["preprocess"]["image_size"]
-    grid = size // m["model"]["config"]["encoder"]["patch_size"]
-    imgs = generated_images(images, size, m["preprocess"]["pixel_mean"], m["preprocess"]["pixel_std"])
-    return imgs, random_prompts(prompts, size, grid), random_text_ids(texts)
+    m = Manifest.read(path)
+    size = m.preprocess.image_size
+    imgs = generated_images(images, size, list(m.preprocess.pixel_mean), list(m.preprocess.pixel_std))
+    return imgs, random_prompts(prompts, size, m.embed_grid), random_text_ids(texts)

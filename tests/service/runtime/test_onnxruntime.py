@@ -1,9 +1,12 @@
-"""OnnxRuntimeBackend on the real exported tiny bundle."""
+"""OnnxRuntimeBackend on the real exported tiny bundle: shapes, metrics from the base class, per-graph locks,
+providers and threads, and that the format-2 decoder has exactly the two outputs the service reads."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import threading
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,7 +17,7 @@ import pytest
 from service.bundle import Bundle
 from service.runtime.base import Backend, BackendError, create_backend
 from service.runtime.cpus import available_cpus
-from service.runtime.onnxruntime import OnnxRuntimeBackend, auto_threads, prune_outputs, session_options
+from service.runtime.onnxruntime import OnnxRuntimeBackend, auto_threads, session_options
 
 
 def _settings(**kw):
@@ -66,36 +69,44 @@ def test_all_graphs_shapes_and_normalisation(backend: OnnxRuntimeBackend, bundle
     assert set(backend.metrics.calls) == {"encoder", "clip_head", "text_encoder", "sam_decoder"}
 
 
-def test_decoder_masks_output_is_pruned_without_changing_results(backend, bundle) -> None:
-    full_model = onnx.load(str(bundle.graph_path("sam_decoder")))
-    pruned = prune_outputs(
-        onnx.load(str(bundle.graph_path("sam_decoder"))), ("iou_predictions", "low_res_masks")
-    )
-    assert [o.name for o in pruned.graph.output] == ["iou_predictions", "low_res_masks"]
-    assert len(pruned.graph.node) < len(full_model.graph.node)  # the S x S upsampling is gone
+def test_decoder_has_exactly_the_contract_outputs(backend, bundle) -> None:
+    """Format 2: `masks` was stripped once at export; the session computes nothing else."""
+    model = onnx.load(str(bundle.graph_path("sam_decoder")))
+    assert [o.name for o in model.graph.output] == ["iou_predictions", "low_res_masks"]
+    assert not any(n.op_type == "Resize" and "masks" in n.output for n in model.graph.node)
     assert [o.name for o in backend.sessions["sam_decoder"].get_outputs()] == [
         "iou_predictions",
         "low_res_masks",
     ]
-    full = ort.InferenceSession(full_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    s, g = bundle.image_size, 4 * bundle.embed_grid
-    feeds = {
-        "image_embeddings": np.random.default_rng(2).normal(size=(1, 64, g // 4, g // 4)).astype(np.float32),
-        "point_coords": np.array([[[30.0, 40.0], [0, 0]], [[100.0, 10.0], [0, 0]]], np.float32),
-        "point_labels": np.array([[1, -1], [1, -1]], np.float32),
-        "mask_input": np.random.default_rng(3).normal(size=(2, 1, g, g)).astype(np.float32),
-        "has_mask_input": np.array([0.0, 1.0], np.float32),
-    }
-    ref_iou, ref_low, ref_masks = full.run(["iou_predictions", "low_res_masks", "masks"], feeds)
-    assert ref_masks.shape == (2, 4, s, s)
-    out = backend.decode(**feeds)
-    np.testing.assert_allclose(out.iou_predictions, ref_iou, atol=1e-5)
-    np.testing.assert_allclose(out.low_res_masks, ref_low, atol=1e-4)
+    assert backend.info.details["graphs"]["sam_decoder"] == "sam_decoder.onnx"
 
 
-def test_prune_rejects_unknown_output(bundle) -> None:
-    with pytest.raises(BackendError):
-        prune_outputs(onnx.load(str(bundle.graph_path("sam_decoder"))), ("nope",))
+def test_calls_on_one_graph_are_serialised_across_threads(bundle) -> None:
+    """The base class holds one lock per graph: two threads never run the same session at once, while
+    different graphs may overlap."""
+    active, overlaps = {"n": 0}, []
+
+    class Probe(OnnxRuntimeBackend):
+        def run_graph(self, graph, session, feeds):
+            active["n"] += 1
+            overlaps.append(active["n"])
+            time.sleep(0.02)
+            out = super().run_graph(graph, session, feeds)
+            active["n"] -= 1
+            return out
+
+    be = Probe(bundle, _settings())
+    ids = np.zeros((2, 77), np.int64)
+    ids[:, 0], ids[:, 1] = 49406, 49407
+    threads = [threading.Thread(target=be.encode_text, args=(ids,)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [1, 1, 1, 1]
+    be.close()
+    with pytest.raises(BackendError, match="closed"):
+        be.encode_text(ids)
 
 
 def test_threads_auto_and_explicit() -> None:
@@ -109,6 +120,14 @@ def test_threads_auto_and_explicit() -> None:
 def test_unavailable_provider_falls_back_to_cpu(bundle) -> None:
     be = create_backend("onnxruntime", bundle, _settings(providers=["NoSuchExecutionProvider"]))
     assert be.info.details["providers"] == ["CPUExecutionProvider"] and be.info.device == "cpu"
+    assert be.info.details["selection"]["reason"] == "asked for (SAMCLIP_BACKEND=onnxruntime)"
+    assert not be.info.details["io_binding"]
+
+
+def test_16bit_precision_is_refused_not_claimed(bundle) -> None:
+    """No step writes fp16 ONNX variants, so the onnxruntime backend does not pretend to run one."""
+    with pytest.raises(BackendError, match="not fp16.*tensorrt or torch"):
+        create_backend("onnxruntime", bundle, _settings(precision="fp16"))
 
 
 def test_corrupt_graph_raises_backend_error(bundle, tmp_path) -> None:

@@ -1,6 +1,7 @@
-"""OpenVINO backend and the onnxruntime-int8 backend, tested against the plain onnxruntime backend (fp32) on the
-random-init `tiny` bundle with the fast-CPU parity gates (model_export/parity.py): SAM decoder masks mean IoU
->= 0.97 on random prompts, CLIP image/text embeddings cosine >= 0.99, text-segment masks IoU >= 0.95."""
+"""OpenVINO backend and onnxruntime's int8 variant (old name onnxruntime-int8), tested against the plain
+onnxruntime backend (fp32) on the random-init `tiny` bundle with the fast-CPU parity gates
+(samclip_bundle/parity.py): SAM decoder masks mean IoU >= 0.97 on random prompts, CLIP image/text embeddings
+cosine >= 0.99, text-segment masks IoU >= 0.95."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 
 pytest.importorskip("openvino")
 
-from model_export.parity import (  # noqa: E402
+from samclip_bundle.parity import (  # noqa: E402
     generated_images,
     parity_report,
     random_prompts,
@@ -55,7 +56,9 @@ def optimized_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_registered() -> None:
-    assert {"openvino", "onnxruntime-int8"} <= set(available_backends())
+    assert {"auto", "openvino", "onnxruntime", "onnxruntime-int8", "ort-cuda", "torch-cuda"} <= set(
+        available_backends()
+    )
 
 
 def test_bf16_parity_against_onnxruntime(tiny_bundle: Path, reference) -> None:
@@ -118,17 +121,24 @@ def test_bad_settings_are_clear_errors(tiny_bundle: Path) -> None:
     bundle = Bundle.load(tiny_bundle)
     with pytest.raises(BackendError, match="precision"):
         create_backend("openvino", bundle, _settings(openvino_precision="int3"))
-    with pytest.raises(BackendError, match="variant"):
+    with pytest.raises(BackendError, match="variant 'does-not-exist' is not in the bundle"):
         create_backend("openvino", bundle, _settings(variant="does-not-exist"))
-    with pytest.raises(BackendError, match="ort-int8"):
+    with pytest.raises(BackendError, match="optimize .* --target ort-int8"):
         create_backend("onnxruntime-int8", bundle, _settings())
+    with pytest.raises(BackendError, match="SAMCLIP_DEVICE=cuda but the openvino backend runs on cpu"):
+        create_backend("openvino", bundle, _settings(device="cuda"))
 
 
-def test_onnxruntime_int8_backend_parity(optimized_bundle: Path, reference) -> None:
+@pytest.mark.parametrize("name", ["onnxruntime-int8", "onnxruntime"])
+def test_onnxruntime_int8_variant_parity(optimized_bundle: Path, reference, name: str) -> None:
+    """The old name and plain `onnxruntime` with variant auto run the same int8 variant."""
     bundle = Bundle.load(optimized_bundle)
-    fast = create_backend("onnxruntime-int8", bundle, _settings())
-    assert fast.info.name == "onnxruntime-int8"
+    fast = create_backend(name, bundle, _settings())
+    assert fast.info.name == "onnxruntime" and fast.info.precision == "int8"
+    assert fast.info.details["selection"]["requested"] == name
+    assert fast.info.details["variant"] == "int8-dynamic"
     assert fast.info.details["graphs"]["encoder"] == "encoder.int8.onnx"
+    assert fast.info.details["graphs"]["sam_decoder"] == "sam_decoder.onnx"
     report = parity_report(reference, fast, *_inputs(bundle))
     assert report["passed"], report
 
@@ -145,58 +155,57 @@ def _png(width: int, height: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.anyio
-async def test_service_pipeline_parity(optimized_bundle: Path, tiny_bundle: Path) -> None:
-    """Through the real Predictor (default settings, OpenVINO with the auto-selected int8 variant) against the
-    plain onnxruntime Predictor: text-segment masks IoU >= 0.95, prompt masks IoU >= 0.97, classify close."""
+def _ready_client(bundle: Path, backend: str, **settings: object):
     import time
 
-    from model_export.parity import mask_iou
-    from service.metrics import Metrics
-    from service.pipeline.decode import decode_image
-    from service.pipeline.predictor import Predictor
-    from service.pipeline.prompts import PromptRequest
-    from service.settings import Settings
-    from service.timing import Timings
+    from fastapi.testclient import TestClient
 
-    settings = Settings()
-    predictors = []
-    for name, path in (("onnxruntime", tiny_bundle), ("openvino", optimized_bundle)):
-        bundle = Bundle.load(path)
-        predictors.append(Predictor(bundle, create_backend(name, bundle, settings), settings, Metrics()))
-        await predictors[-1].start()
-    assert predictors[1].backend.info.details["graphs"]["encoder"]["variant"] == "int8-qdq-attn"
-    text_ious, prompt_ious = [], []
-    for seed, (w, h) in enumerate([(200, 150), (120, 240)]):
-        image = decode_image(_png(w, h, seed), settings)
-        entries = [await p.get_entry(image=image, image_id=None, timings=Timings(), deadline=time.monotonic() + 60)
-                   for p in predictors]  # fmt: skip
-        for text in ("a cat", "a dog", "tree"):
-            ref, fast = [
-                (await p.segment_text(e, [text], Timings()))[0]
-                for p, e in zip(predictors, entries, strict=True)
+    from service.main import create_app
+    from service.settings import Settings
+
+    client = TestClient(create_app(Settings(bundle=bundle, backend=backend, **settings)))
+    client.__enter__()
+    deadline = time.monotonic() + 120
+    while client.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return client
+
+
+def test_service_parity_through_the_app(optimized_bundle: Path, tiny_bundle: Path) -> None:
+    """The real app with OpenVINO and its auto-selected int8 variant against the real app with plain onnxruntime
+    fp32, over HTTP: text-segment masks IoU >= 0.95, prompt masks IoU >= 0.97, classify probabilities close."""
+    from samclip_bundle.parity import mask_iou
+    from service.render import decode_rle
+
+    ref_app = _ready_client(tiny_bundle, "onnxruntime", variant="none")
+    fast_app = _ready_client(optimized_bundle, "openvino")
+    apps = (ref_app, fast_app)
+    try:
+        info = fast_app.get("/info").json()["backend"]["details"]
+        assert info["graphs"]["encoder"]["variant"] == "int8-qdq-attn"
+        text_ious, prompt_ious = [], []
+        for seed, (w, h) in enumerate([(200, 150), (120, 240)]):
+            image = {"content": _png(w, h, seed), "headers": {"Content-Type": "image/png"}}
+            for text in ("a cat", "a dog", "tree"):
+                ref, fast = [decode_rle(a.post(f"/segment?text={text}", **image).json()["masks"][0]["segmentation"])
+                             for a in apps]  # fmt: skip
+                text_ious.append(mask_iou(ref, fast))
+            boxes = {"boxes": [[10, 10, w // 2, h // 2], [w // 3, h // 3, w - 5, h - 5]], "multimask": True}
+            ids = [a.post("/embed", **image).json()["image_id"] for a in apps]
+            ref, fast = [a.post("/segment/prompt", json={"image_id": i, **boxes}).json()["prompts"]
+                         for a, i in zip(apps, ids, strict=True)]  # fmt: skip
+            prompt_ious += [
+                mask_iou(decode_rle(ma["segmentation"]), decode_rle(mb["segmentation"]))
+                for ga, gb in zip(ref, fast, strict=True)
+                for ma, mb in zip(ga["masks"], gb["masks"], strict=True)
             ]
-            text_ious.append(mask_iou(ref.mask, fast.mask))
-        request = PromptRequest(
-            boxes=[(10, 10, w // 2, h // 2), (w // 3, h // 3, w - 5, h - 5)], multimask=True
-        )
-        ref, fast = [
-            await p.segment_prompts(e, request, Timings()) for p, e in zip(predictors, entries, strict=True)
-        ]
-        prompt_ious += [
-            mask_iou(a.mask, b.mask)
-            for ra, fa in zip(ref, fast, strict=True)
-            for a, b in zip(ra, fa, strict=True)
-        ]
-        ref, fast = [
-            await p.classify(e, ["cat", "dog", "car"], 3, Timings())
-            for p, e in zip(predictors, entries, strict=True)
-        ]
-        assert {s.label: s.probability for s in ref} == pytest.approx(
-            {s.label: s.probability for s in fast}, abs=0.03
-        )
-    for p in predictors:
-        await p.stop()
+            labels = {"labels": ["cat", "dog", "car"]}
+            ref, fast = [{x["label"]: x["probability"] for x in a.post("/classify", params=labels, **image).json()["labels"]}
+                         for a in apps]  # fmt: skip
+            assert ref == pytest.approx(fast, abs=0.03)
+    finally:
+        for app in apps:
+            app.__exit__(None, None, None)
     assert np.mean(text_ious) >= 0.95, text_ious
     assert np.mean(prompt_ious) >= 0.97, prompt_ious
 

@@ -10,38 +10,48 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from samclip_bundle.engines import engine_filename
+from samclip_bundle.manifest import EngineRecord, Manifest
 from service.runtime.base import BackendError, create_backend
 from service.runtime.cuda_rt import CudaRuntime
 from service.runtime.tensorrt import TensorRTBackend
-from service.runtime.trt_engines import engine_filename
+from tests.samclip_bundle.bundle_fakes import synthetic_manifest
 from tests.service.runtime.trt_fakes import SPECS, C, D, FakeCudart, FakeTrt, G, L, S, W  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- fixtures
-def _bundle(tmp_path: Path, cc=(9, 0), trt_version="10.9.0", precision="fp16") -> SimpleNamespace:
+def _records(tmp_path: Path, cc=(9, 0), trt_version="10.9.0", precision="fp16") -> list[EngineRecord]:
+    """Fake engine files in tmp_path (their bytes name the graph) and their manifest records."""
     records = []
     for graph in SPECS:
         name = engine_filename(graph, cc, trt_version, precision)
         blob = json.dumps({"graph": graph}).encode()
         (tmp_path / name).write_bytes(blob)
         records.append(
-            {
-                "graph": graph,
-                "file": name,
-                "sha256": hashlib.sha256(blob).hexdigest(),
-                "compute_capability": list(cc),
-                "device_name": "Some GPU",
-                "tensorrt": trt_version,
-                "precision": precision,
-            }
+            EngineRecord(
+                graph=graph,
+                file=name,
+                sha256=hashlib.sha256(blob).hexdigest(),
+                compute_capability=cc,
+                device_name="Some GPU",
+                tensorrt=trt_version,
+                precision=precision,
+            )  # fmt: skip
         )
-    return SimpleNamespace(path=tmp_path, manifest={"engines": records})
+    return records
+
+
+def _bundle(tmp_path: Path, cc=(9, 0), trt_version="10.9.0", precision="fp16") -> SimpleNamespace:
+    manifest = synthetic_manifest(size=S, patch=S // G, c=C, w=W, d=D)
+    manifest.engines = _records(tmp_path, cc, trt_version, precision)
+    return SimpleNamespace(path=tmp_path, manifest=manifest)
 
 
 def _backend(bundle, cudart=None, trt=None, precision="fp16"):
@@ -64,7 +74,7 @@ def test_runs_every_graph_with_chunking(tmp_path):
     assert enc.image_embeddings.shape == (5, C, G, G) and enc.patch_tokens.shape == (5, G, G, W)
     np.testing.assert_allclose(enc.image_embeddings[:, 0, 0, 0], images.mean((1, 2, 3)), rtol=1e-5)
     np.testing.assert_allclose(enc.patch_tokens[:, 1, 1, 2], images.max((1, 2, 3)), rtol=1e-6)
-    assert backend.graphs["encoder"].engine.runs == 3
+    assert backend.sessions["encoder"].engine.runs == 3
 
     clip = backend.clip_head(enc.patch_tokens)
     np.testing.assert_allclose(clip.image_embedding, enc.patch_tokens[..., :D].sum((1, 2)), rtol=1e-5)
@@ -116,7 +126,7 @@ def test_refuses_bundle_without_engines_of_that_precision(tmp_path):
 
 def test_refuses_corrupt_engine_file(tmp_path):
     bundle = _bundle(tmp_path)
-    (tmp_path / bundle.manifest["engines"][0]["file"]).write_bytes(b"garbage")
+    (tmp_path / bundle.manifest.engines[0].file).write_bytes(b"garbage")
     with pytest.raises(BackendError, match="sha256 differs"):
         _backend(bundle)
 
@@ -218,9 +228,9 @@ def test_app_stays_live_but_not_ready_with_mismatched_engines(request, tmp_path_
 
     bundle = tmp_path_factory.mktemp("trt_bundle") / "b"
     shutil.copytree(tiny_bundle_dir(request, tmp_path_factory), bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["engines"] = _bundle(bundle, cc=(8, 6)).manifest["engines"]  # writes sm86 fake engine files
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    manifest = Manifest.read(bundle)
+    manifest.engines = _records(bundle, cc=(8, 6))  # writes sm86 fake engine files
+    manifest.write(bundle)
     fake_trt = FakeTrt()
     monkeypatch.setattr(trt_backend, "_import_trt", lambda: fake_trt)
     monkeypatch.setattr(
@@ -254,3 +264,39 @@ def test_precision_setting(tmp_path):
         TensorRTBackend(
             bundle, SimpleNamespace(precision="bf16"), trt=FakeTrt(), cuda=CudaRuntime(0, cudart=FakeCudart())
         )
+
+
+def test_every_calling_thread_makes_the_device_current(tmp_path):
+    """CUDA's current device is per thread: graphs run from the batcher and request threads, not only the
+    loader's. The fake runtime fails copies on a thread that never called cudaSetDevice."""
+    cudart = FakeCudart()
+    backend = _backend(_bundle(tmp_path), cudart)
+    images = np.ones((1, 3, S, S), np.float32)
+    results, errors = {}, []
+
+    def worker(i: int) -> None:
+        try:
+            results[i] = float(backend.encode(images * i).image_embeddings[0, 0, 0, 0])
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(1, 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and results == {1: 1.0, 2: 2.0, 3: 3.0}
+    assert {t.ident for t in threads} <= set(cudart.current) and set(cudart.current.values()) == {0}
+    closer = threading.Thread(target=backend.close)  # closing frees device memory from any thread too
+    closer.start()
+    closer.join()
+    assert cudart.buffers == {}
+
+
+def test_metrics_record_every_graph(tmp_path):
+    seen = []
+    backend = _backend(_bundle(tmp_path))
+    backend.metrics = SimpleNamespace(observe_graph=lambda graph, seconds: seen.append((graph, seconds >= 0)))
+    backend.encode_text(np.zeros((2, L), np.int64))
+    backend.clip_head(np.zeros((1, G, G, W), np.float32))
+    assert seen == [("text_encoder", True), ("clip_head", True)]

@@ -1,10 +1,14 @@
 """Fakes for the TensorRT backend tests: a cuda-python runtime whose "device memory" is host memory moved with
-real memcpy, and a `tensorrt` module whose engines compute known numpy functions of their inputs (SPECS)."""
+real memcpy, and a `tensorrt` module whose engines compute known numpy functions of their inputs (SPECS).
+
+Like the real runtime, the fake keeps the current device per thread: allocations, copies and stream calls from
+a thread that never called cudaSetDevice fail with cudaErrorInvalidDevice (101)."""
 
 from __future__ import annotations
 
 import ctypes
 import json
+import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,6 +28,10 @@ class FakeCudart:
         self.buffers: dict[int, ctypes.Array] = {}
         self.copies = 0
         self.streams_synced = 0
+        self.current: dict[int, int] = {}  # thread ident -> device set by cudaSetDevice on that thread
+
+    def _no_device(self) -> bool:
+        return threading.get_ident() not in self.current
 
     def _alloc(self, n):
         buf = ctypes.create_string_buffer(n)
@@ -34,12 +42,15 @@ class FakeCudart:
         return (0, 1)
 
     def cudaSetDevice(self, dev):
+        self.current[threading.get_ident()] = dev
         return (0,)
 
     def cudaGetDeviceProperties(self, dev):
         return (0, SimpleNamespace(name=b"Fake GPU", major=self.cc[0], minor=self.cc[1]))
 
     def cudaMalloc(self, n):
+        if self._no_device():
+            return (101, None)
         return (2, None) if self.fail_malloc else (0, self._alloc(n))
 
     def cudaMallocHost(self, n):
@@ -52,6 +63,8 @@ class FakeCudart:
     cudaFreeHost = cudaFree
 
     def cudaMemcpyAsync(self, dst, src, n, kind, stream):
+        if self._no_device():
+            return (101,)
         ctypes.memmove(dst, src, n)
         self.copies += 1
         return (0,)
@@ -63,11 +76,13 @@ class FakeCudart:
         return (0,)
 
     def cudaStreamSynchronize(self, stream):
+        if self._no_device():
+            return (101,)
         self.streams_synced += 1
         return (0,)
 
     def cudaGetErrorString(self, err):
-        return (0, b"out of memory" if err == 2 else b"error")
+        return (0, {2: b"out of memory", 101: b"invalid device ordinal"}.get(err, b"error"))
 
 
 # ----------------------------------------------------------------------------- fake tensorrt module

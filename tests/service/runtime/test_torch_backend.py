@@ -1,10 +1,9 @@
-"""torch backend: same graphs as the ONNX bundle, run by the PyTorch modules. On CPU here (device="cpu"):
+"""torch backend (old name torch-cuda): same graphs as the ONNX bundle, run by the PyTorch modules. On CPU here:
 fp32 parity with ONNX Runtime on the tiny bundle, bf16 autocast through the gates, weight resolution and
 errors. The CUDA run is marked `gpu` and skipped without a GPU."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from types import SimpleNamespace
 
@@ -13,8 +12,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from service.runtime.base import BackendError  # noqa: E402
-from service.runtime.torch_cuda import TorchCudaBackend  # noqa: E402
+from samclip_bundle.manifest import Manifest, WeightSource  # noqa: E402
+from service.runtime.base import BackendError, create_backend  # noqa: E402
+from service.runtime.torch_backend import TorchBackend  # noqa: E402
 from tests.service.runtime.gpu_fixtures import bundle_view, parity_inputs, reference, tiny_bundle_dir  # noqa: E402
 
 
@@ -28,7 +28,7 @@ def _cpu(precision="fp32"):
 
 
 def test_fp32_on_cpu_matches_onnxruntime(tiny):
-    backend = TorchCudaBackend(bundle_view(tiny), _cpu())
+    backend = TorchBackend(bundle_view(tiny), _cpu())
     assert backend.info.precision == "fp32" and backend.info.details["weights"].startswith("random-init")
     ref = reference(tiny)
     images, prompts, ids = parity_inputs(tiny)
@@ -47,10 +47,9 @@ def test_fp32_on_cpu_matches_onnxruntime(tiny):
 
 
 def test_bf16_autocast_passes_parity_gates(tiny):
-    from model_export.parity import parity_report
-    from model_export.verify_gpu import GPU_GATES
+    from samclip_bundle.parity import GPU_GATES, parity_report
 
-    backend = TorchCudaBackend(bundle_view(tiny), _cpu("bf16"))
+    backend = TorchBackend(bundle_view(tiny), _cpu("bf16"))
     assert backend.info.precision == "bf16"
     report = parity_report(reference(tiny), backend, *parity_inputs(tiny))
     assert all(report[k] >= v for k, v in GPU_GATES.items()), report
@@ -59,48 +58,51 @@ def test_bf16_autocast_passes_parity_gates(tiny):
 
 def test_prefers_weights_file_in_bundle(tiny, tmp_path):
     from model_export.build import build_model
-    from model_export.checkpoint import file_sha256, save_samclip
+    from model_export.checkpoint import save_samclip
+    from samclip_bundle.hashing import sha256_file
 
     bundle = tmp_path / "b"
     shutil.copytree(tiny, bundle)
     weights = save_samclip(build_model("tiny", seed=123), bundle / "weights.safetensors")
-    backend = TorchCudaBackend(bundle_view(bundle), _cpu())
+    backend = TorchBackend(bundle_view(bundle), _cpu())
     assert backend.info.details["weights"] == "bundle file weights.safetensors"
     ids = parity_inputs(tiny)[2]
     assert not np.allclose(backend.encode_text(ids), reference(tiny).encode_text(ids), atol=1e-3)  # seed 123
 
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["weights"]["bundle_sha256"] = file_sha256(weights)
-    TorchCudaBackend(bundle_view(bundle, manifest), _cpu())  # recorded hash matches
-    manifest["weights"]["bundle_sha256"] = "0" * 64
+    manifest = Manifest.read(bundle)
+    manifest.weights.bundle_sha256 = sha256_file(weights)
+    TorchBackend(bundle_view(bundle, manifest), _cpu())  # recorded hash matches
+    manifest.weights.bundle_sha256 = "0" * 64
     with pytest.raises(BackendError, match="sha256 differs"):
-        TorchCudaBackend(bundle_view(bundle, manifest), _cpu())
+        TorchBackend(bundle_view(bundle, manifest), _cpu())
 
 
 def test_missing_weights_is_a_clear_error(tiny, tmp_path):
-    manifest = json.loads((tiny / "manifest.json").read_text())
-    manifest["weights"] = {
-        "random_init": False,
-        "seed": None,
-        "sources": [{"kind": "samclip", "path": str(tmp_path / "gone.safetensors"), "sha256": "x"}],
-    }
+    manifest = Manifest.read(tiny)
+    manifest.weights.random_init, manifest.weights.seed = False, None
+    manifest.weights.sources = [
+        WeightSource(kind="samclip", path=str(tmp_path / "gone.safetensors"), sha256="0" * 64)
+    ]
     with pytest.raises(BackendError, match="cannot rebuild the PyTorch model.*gone.safetensors"):
-        TorchCudaBackend(bundle_view(tiny, manifest), _cpu())
+        TorchBackend(bundle_view(tiny, manifest), _cpu())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-def test_cuda_requested_without_gpu_is_refused(tiny):
+def test_cuda_requested_without_gpu_is_refused_and_auto_device_runs_on_cpu(tiny):
     with pytest.raises(BackendError, match="sees no CUDA device"):
-        TorchCudaBackend(bundle_view(tiny), SimpleNamespace(precision="auto"))
+        create_backend("torch-cuda", bundle_view(tiny), SimpleNamespace(precision="auto"))
+    with pytest.raises(BackendError, match="sees no CUDA device"):
+        TorchBackend(bundle_view(tiny), SimpleNamespace(device="cuda"))
+    backend = create_backend("torch", bundle_view(tiny), SimpleNamespace(precision="auto"))
+    assert (backend.info.name, backend.info.device, backend.info.precision) == ("torch", "cpu", "fp32")
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU with torch CUDA (none here)")
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_cuda_passes_parity_gates(tiny, precision):  # pragma: no cover - GPU only
-    from model_export.parity import parity_report
-    from model_export.verify_gpu import GPU_GATES
+    from samclip_bundle.parity import GPU_GATES, parity_report
 
-    backend = TorchCudaBackend(bundle_view(tiny), SimpleNamespace(torch_device="cuda:0", precision=precision))
+    backend = TorchBackend(bundle_view(tiny), SimpleNamespace(torch_device="cuda:0", precision=precision))
     report = parity_report(reference(tiny), backend, *parity_inputs(tiny))
     assert all(report[k] >= v for k, v in GPU_GATES.items()), report
