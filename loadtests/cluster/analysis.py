@@ -5,8 +5,9 @@
   answers from the service; status 0 = no HTTP answer at all;
 - `image_id` hit ratio = requests by image_id answered 200 / (200 + 404);
 - per replica: encoder runs and 5xx from its /metrics, requests it answered (X-Samclip-Upstream), tier lookups;
-- faults: the same figures for the requests after the fault, and for a killed replica the by-id requests after
-  the kill for images it had embedded before (they must be served from Redis by the others).
+- faults: the same figures for the requests answered after the fault (those in flight included), and for a
+  killed replica the by-id requests after the kill for images it had embedded before (they must be served from
+  Redis by the others).
 """
 
 from __future__ import annotations
@@ -77,7 +78,9 @@ def per_replica(
 
 
 def fault_figures(events: list[dict], fault: FaultRecord, t0: float) -> dict[str, Any]:
-    after = [e for e in events if e["t"] >= fault.t]
+    after = [
+        e for e in events if e["t"] + e["ms"] / 1000 >= fault.t
+    ]  # answered after it (in flight included)
     figures: dict[str, Any] = {
         "kind": fault.kind,
         "at_s": round(fault.t - t0, 2),

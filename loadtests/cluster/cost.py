@@ -5,8 +5,8 @@ number of bytes on replica B, so they differ only in where the embedding comes f
 - re-encode: bytes no tier holds -> decode + preprocess + encoder (what a client pays after a 404);
 - Redis hit: bytes embedded on replica A a moment before -> B's memory tier misses, Redis has it;
 - memory hit: the same bytes again on B -> its own L1.
-Reported: medians of the service's `Server-Timing` total and of the client's latency, and how many "Redis hit"
-requests really skipped the encoder (no `encoder` stage in Server-Timing). Entries are published to Redis in
+Reported: medians of the service's `Server-Timing` total and of the client's latency, how many "Redis hit"
+requests really skipped the encoder (no `encoder` stage in Server-Timing) and the bytes one Redis hit moved. Entries are published to Redis in
 the background after the encode, so the probe waits `publish_wait_s` between A and B.
 """
 
@@ -17,6 +17,7 @@ import time
 
 import httpx
 
+from loadtests.cluster.metrics import delta, scrape, total
 from loadtests.images import image_id, make_image, photo, unique_jpeg
 
 
@@ -60,6 +61,7 @@ def measure(url_a: str, url_b: str, rounds: int = 6, publish_wait_s: float = 0.2
     count = int(time.time() * 1000)
     with httpx.Client(timeout=60) as client:
         for kind, base in bases.items():
+            scraped = scrape(url_b)
             paths: dict[str, list[dict]] = {"reencode": [], "redis_hit": [], "memory_hit": []}
             for round_ in range(rounds + 1):  # round 0 warms up both replicas
                 fresh, shared = unique_jpeg(base, count), unique_jpeg(base, count + 1)
@@ -82,6 +84,10 @@ def measure(url_a: str, url_b: str, rounds: int = 6, publish_wait_s: float = 0.2
                 for path, rows in paths.items()
             }
             figures["redis_hits_without_encoder"] = sum(not row["encoded"] for row in paths["redis_hit"])
+            moved = delta(scrape(url_b), scraped)  # includes the warm-up round
+            hits = total(moved, "samclip_embedding_lookups_total", tier="redis", result="hit")
+            read = total(moved, "samclip_redis_bytes_total", direction="read")
+            figures["redis_bytes_per_hit"] = int(read / hits) if hits else None
             encode, redis = figures["reencode"]["server_ms"], figures["redis_hit"]["server_ms"]
             figures["redis_over_reencode_server"] = round(redis / encode, 3) if encode else None
             out[kind] = figures

@@ -36,11 +36,16 @@ CLIENT_DEFAULTS = {
     "SAMCLIP_LT_CLICKS_PER_IMAGE": "8",
     "SAMCLIP_LT_PHOTO_FRACTION": "0",
 }
+# Replicas share this machine's cores with redis-server, nginx and Locust (N + 3 busy processes on as few as 2
+# cores), so a Redis call can wait on the scheduler well past the 50 ms production default, and every timeout
+# makes a replica skip the shared tier for a while (its embeds unpublished, its lookups misses): 250 ms keeps
+# scheduling noise from passing for a Redis fault. A hung Redis (pause-redis) still times out.
 REPLICA_DEFAULTS = {
     "SAMCLIP_INTRA_OP_THREADS": "1",
     "SAMCLIP_CPUS": "1",
     "SAMCLIP_DRAIN_TIMEOUT_S": "5",
     "SAMCLIP_LOG_LEVEL": "WARNING",
+    "SAMCLIP_REDIS_TIMEOUT_S": "0.25",
 }
 
 

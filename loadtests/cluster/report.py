@@ -72,15 +72,16 @@ def cost_lines(cost: dict | None) -> list[str]:
         "",
     ]
     lines.append(
-        "| image | re-encode ms | Redis hit ms | memory hit ms | Redis/re-encode | Redis hits w/o encoder |"
+        "| image | re-encode ms | Redis hit ms | memory hit ms | Redis/re-encode | Redis hits w/o encoder | bytes/hit |"
     )
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("|---|---|---|---|---|---|---|")
     for kind, f in cost.items():
         lines.append(
             f"| {kind} | {f['reencode']['server_ms']} ({f['reencode']['client_ms']}) | "
             f"{f['redis_hit']['server_ms']} ({f['redis_hit']['client_ms']}) | "
             f"{f['memory_hit']['server_ms']} ({f['memory_hit']['client_ms']}) | "
-            f"{f['redis_over_reencode_server']} | {f['redis_hits_without_encoder']}/{f['redis_hit']['n']} |"
+            f"{f['redis_over_reencode_server']} | {f['redis_hits_without_encoder']}/{f['redis_hit']['n']} | "
+            f"{f['redis_bytes_per_hit']} |"
         )
     lines.append("(server-side Server-Timing total; client latency in parentheses)")
     return lines
