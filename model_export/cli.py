@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from samclip_bundle.manifest import Manifest
 
 SUBCOMMANDS: list[str] = [
     "model_export.cli:add_export_parser",
@@ -82,7 +85,20 @@ def add_export_parser(subparsers: Any) -> None:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-simplify", action="store_true", help="skip onnxslim")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    p.add_argument(
+        "--no-optimize", action="store_true", help="skip the CPU variant step (`optimize`) that export runs"
+    )
+    p.add_argument(
+        "--optimize-target", choices=("openvino-int8", "ort-int8"), default=None,
+        help="CPU variant written after export (default: openvino-int8 where OpenVINO is installed, the CPU "
+        "runtime `backend=auto` serves with; else ort-int8)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_export)
+
+
+def default_optimize_target() -> str:
+    """The CPU variant the default serve path runs: OpenVINO's int8 when OpenVINO is installed, else ORT's."""
+    return "openvino-int8" if importlib.util.find_spec("openvino") is not None else "ort-int8"
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -94,11 +110,18 @@ def cmd_export(args: argparse.Namespace) -> int:
         model, cfg, args.out, provenance, opset=args.opset, simplify=not args.no_simplify,
         progress=not args.no_progress,
     )  # fmt: skip
+    optimized = None
+    if not args.no_optimize:  # parity is measured and recorded; a failed variant is recorded with why
+        from model_export.quantize import optimize
+
+        result = optimize(args.out, args.optimize_target or default_optimize_target())
+        optimized = {k: result[k] for k in ("target", "variant", "kept", "reason")}
+        optimized["parity_passed"] = bool(result["kept"])
     size = sum(f.stat().st_size for f in Path(args.out).iterdir() if f.is_file())
     summary = {
-        "bundle": str(args.out), "model": cfg.name, "fingerprint": manifest.fingerprint,
+        "bundle": str(args.out), "model": cfg.name, "fingerprint": Manifest.read(args.out).fingerprint,
         "size_bytes": size, "seconds": round(time.perf_counter() - start, 1),
-        "random_init": manifest.weights.random_init,
+        "random_init": manifest.weights.random_init, "optimize": optimized,
     }  # fmt: skip
     print(json.dumps(summary, indent=2))
     return 0

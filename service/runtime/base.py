@@ -115,6 +115,14 @@ def setting(settings: Any, name: str, default: Any) -> Any:
     return default if value is None else value
 
 
+def inference_threads(settings: Any) -> int:
+    """Threads for one inference pool: `intra_op_threads` when > 0, else `cpus` when > 0 (SAMCLIP_CPUS, the
+    chart sets it from the pod's CPU request), else the CPUs this process may use (runtime/cpus.py)."""
+    from service.runtime.cpus import resolve_threads
+
+    return resolve_threads(int(setting(settings, "intra_op_threads", 0)) or int(setting(settings, "cpus", 0)))
+
+
 class GraphBackend:
     """Base of every runtime (see module docstring). Subclasses set `name`, `devices` and implement
     `load_graph` and `run_graph`; optional hooks: `prepare`, `graph_source`, `close_graph`, `describe`."""

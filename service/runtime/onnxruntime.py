@@ -17,7 +17,7 @@ Variants (runtime label "onnxruntime" on the CPU): setting `variant` ("auto": th
 `onnxruntime-int8` requires one. On CUDA (label "onnxruntime-cuda") the fp32 graphs run: no step writes fp16
 ONNX variants, fp16 on a GPU is the tensorrt and torch backends' job (setting `precision` fp16/bf16 is refused).
 Session options: intra_op_num_threads = `intra_op_threads` (0 = the CPUs this process may use, runtime/cpus.py),
-inter_op_num_threads = `inter_op_threads`, graph optimisation ALL.
+inter_op_num_threads = `inter_op_threads`, graph optimisation ALL; intra_op_threads 0 = `cpus` when set.
 """
 
 from __future__ import annotations
@@ -30,18 +30,12 @@ import numpy as np
 import onnxruntime as ort
 
 from samclip_bundle.graphs import GRAPH_OUTPUTS
-from service.runtime.base import BackendError, GraphBackend, setting
-from service.runtime.cpus import available_cpus
+from service.runtime.base import BackendError, GraphBackend, inference_threads, setting
 
 log = logging.getLogger(__name__)
 
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
-
-
-def auto_threads() -> int:
-    """CPUs this process may use: the affinity mask capped by the cgroup CPU quota (see runtime/cpus.py)."""
-    return available_cpus()
 
 
 def select_providers(requested: list[str]) -> list[str]:
@@ -58,8 +52,7 @@ def select_providers(requested: list[str]) -> list[str]:
 
 def session_options(settings: Any) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    intra = int(setting(settings, "intra_op_threads", 0))
-    opts.intra_op_num_threads = intra if intra > 0 else auto_threads()
+    opts.intra_op_num_threads = inference_threads(settings)
     opts.inter_op_num_threads = max(1, int(setting(settings, "inter_op_threads", 1)))
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return opts

@@ -9,7 +9,7 @@ plugin with
   ("auto" = bf16 where the CPU reports BF16 capability, else f32; "bf16", "f16" or "f32"),
 - PERFORMANCE_HINT `openvino_hint` ("LATENCY" default: one stream using every usable CPU; "THROUGHPUT": several
   streams, encoder batches spread over parallel infer requests), NUM_STREAMS `openvino_num_streams` (0 = hint),
-- INFERENCE_NUM_THREADS = `intra_op_threads`, 0 = CPUs this container may use (service.runtime.cpus),
+- INFERENCE_NUM_THREADS = `intra_op_threads`, 0 = `cpus`, 0 = CPUs this container may use (runtime/cpus.py),
 - CACHE_DIR `openvino_cache_dir` (compiled-blob cache: faster restarts) when set.
 
 Shapes: the encoder is reshaped to a static (1, 3, S, S) input and runs one image per infer request from a pool
@@ -26,8 +26,7 @@ from typing import Any
 import numpy as np
 
 from samclip_bundle.graphs import GRAPH_INPUTS, GRAPH_OUTPUTS
-from service.runtime.base import BackendError, GraphBackend, setting
-from service.runtime.cpus import resolve_threads
+from service.runtime.base import BackendError, GraphBackend, inference_threads, setting
 
 _PRECISIONS = {"bf16", "f16", "f32"}
 _STATIC_GRAPHS = ("encoder", "clip_head")
@@ -80,7 +79,7 @@ class OpenVinoBackend(GraphBackend):
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise BackendError("the openvino backend needs the `fast` extra (pip install openvino)") from exc
         self.ov, self.core = ov, ov.Core()
-        self.threads = resolve_threads(int(setting(self.settings, "intra_op_threads", 0)))
+        self.threads = inference_threads(self.settings)
         self.hint = str(setting(self.settings, "openvino_hint", "LATENCY")).upper()
         self.streams = int(setting(self.settings, "openvino_num_streams", 0))
         if cache_dir := setting(self.settings, "openvino_cache_dir", None):

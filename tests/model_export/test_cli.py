@@ -59,6 +59,13 @@ def test_round_trip_save_export_verify(tmp_path):
     (source,) = manifest["weights"]["sources"]
     assert source["kind"] == "samclip" and source["path"] == str(ckpt.resolve())
     assert json.loads(exported.stdout)["fingerprint"] == manifest["fingerprint"]
+    # export ran the CPU variant step by default and recorded it: the variant with its parity, or why not
+    (run,) = Manifest.read(bundle).optimizations
+    assert json.loads(exported.stdout)["optimize"]["target"] == run.target == "openvino-int8"
+    if run.passed:
+        assert run.kept and all(manifest["variants"][g][0]["parity"]["passed"] for g in run.kept)
+    else:
+        assert run.reason and not manifest.get("variants")
 
     verified = cli("verify", str(bundle), "--samples", "1")
     assert verified.returncode == 0, verified.stderr
@@ -133,3 +140,24 @@ def test_vit_b_random_init_export_and_verify(tmp_path):
     verified = cli("verify", str(bundle), "--samples", "1", timeout=3600)
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert json.loads(verified.stdout)["ok"] is True
+
+
+def test_export_no_optimize_writes_only_the_plain_graphs(tmp_path, capsys):
+    bundle = tmp_path / "b"
+    args = [
+        "export",
+        "--model",
+        "tiny",
+        "--random-init",
+        "--out",
+        str(bundle),
+        "--no-progress",
+        "--no-optimize",
+    ]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["optimize"] is None
+    manifest = Manifest.read(bundle)
+    assert manifest.variants == {} and manifest.optimizations == []
+    assert sorted(p.name for p in bundle.glob("*.onnx")) == [
+        "clip_head.onnx", "encoder.onnx", "sam_decoder.onnx", "text_encoder.onnx",
+    ]  # fmt: skip

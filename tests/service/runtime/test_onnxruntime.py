@@ -17,7 +17,7 @@ import pytest
 from service.bundle import Bundle
 from service.runtime.base import Backend, BackendError, create_backend
 from service.runtime.cpus import available_cpus
-from service.runtime.onnxruntime import OnnxRuntimeBackend, auto_threads, session_options
+from service.runtime.onnxruntime import OnnxRuntimeBackend, session_options
 
 
 def _settings(**kw):
@@ -110,8 +110,9 @@ def test_calls_on_one_graph_are_serialised_across_threads(bundle) -> None:
 
 
 def test_threads_auto_and_explicit() -> None:
-    assert auto_threads() == available_cpus() <= len(os.sched_getaffinity(0))
-    assert session_options(_settings()).intra_op_num_threads == auto_threads()
+    assert session_options(_settings()).intra_op_num_threads == available_cpus() <= len(os.sched_getaffinity(0))
+    assert session_options(_settings(cpus=1)).intra_op_num_threads == 1  # SAMCLIP_CPUS sizes the pool
+    assert session_options(_settings(cpus=1, intra_op_threads=3)).intra_op_num_threads == 3
     opts = session_options(_settings(intra_op_threads=3, inter_op_threads=2))
     assert (opts.intra_op_num_threads, opts.inter_op_num_threads) == (3, 2)
     assert opts.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
