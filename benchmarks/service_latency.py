@@ -1,10 +1,10 @@
 """End-to-end service latency over HTTP, measured in ONE run against a real `python -m service` process.
 
-    python benchmarks/service_latency.py --bundle /tmp/bundles/vit_b [--backend onnxruntime|openvino]
+    python benchmarks/service_latency.py --bundle /tmp/bundles/vit_b [--backend NAME]
         [--repeats 2] [--cached-repeats 10] [--json out.json]
 
-The script starts `python -m service --bundle B --port P --backend X` as a subprocess (env SAMCLIP_BACKEND set
-too), waits for `/readyz` 200, then sends requests with httpx over one keep-alive connection. Every image is a
+The script starts `python -m service --bundle B --port P` as a subprocess: the DEFAULT serve path (backend and
+variant chosen by `auto`, reported from /info), or `--backend X` (env SAMCLIP_BACKEND set too), waits for `/readyz` 200, then sends requests with httpx over one keep-alive connection. Every image is a
 1500x1000 (--width x --height) JPEG generated in code from its own seed, so each has distinct bytes and
 therefore a distinct cache key (sha256 of the bytes): a "new" image always misses the embedding cache.
 
@@ -215,9 +215,9 @@ def run_requests(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         out["cold"].append(cold)
         if r == 0:
             out["cold_image_id"] = cold.body["image_id"]
-            params = {"text": text, "image_id": cold.body["image_id"]}
-            out["text_miss"] = client.post("/segment/refine", "hit", params=params)
-            out["text_hit"] = client.post("/segment/refine", "hit", params=params)
+            by_id = {"params": {"text": text}, "json": {"image_id": cold.body["image_id"]}}
+            out["text_miss"] = client.post("/segment/refine", "hit", **by_id)
+            out["text_hit"] = client.post("/segment/refine", "hit", **by_id)
         out["embed"].append(client.post("/embed", "miss", files=multipart(jpeg(seed + 1))))
         before = client.encoder_runs()
         refine = client.post(
@@ -331,7 +331,11 @@ def print_table(res: dict[str, Any]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", type=Path, default=Path("/tmp/bundles/vit_b"), help="bundle directory")
-    p.add_argument("--backend", default=os.environ.get("SAMCLIP_BACKEND", "onnxruntime"))
+    p.add_argument(
+        "--backend",
+        default=os.environ.get("SAMCLIP_BACKEND"),
+        help="default: the server's own (backend=auto)",
+    )
     p.add_argument("--repeats", type=int, default=2, help="new images per cold / embed / refine figure")
     p.add_argument("--cached-repeats", type=int, default=10, help="cached prompt-segment calls")
     p.add_argument("--width", type=int, default=1500)
@@ -354,18 +358,18 @@ def main(argv: list[str] | None = None) -> int:
             f"no bundle at {args.bundle}; export one with `python -m model_export export --model vit_b "
             f"--random-init --seed 0 --out {args.bundle}`"
         )
-    if args.backend == "openvino" and not (ROOT / "service/runtime/openvino.py").is_file():
-        raise SystemExit("the openvino backend (service/runtime/openvino.py) is not in this tree")
     model = Manifest.read(args.bundle).model.name
     port = args.port or free_port()
     with running_server(args.bundle, args.backend, port, args.startup_timeout) as url:
         client = Client(url, args.request_timeout)
         try:
+            served = client.http.get("/info").json()["backend"]
             raw = run_requests(client, args)
         finally:
             client.close()
     result = {
-        "model": model, "backend": args.backend, "bundle": str(args.bundle),
+        "model": model, "backend": served["name"], "requested_backend": args.backend or "(server default)",
+        "selection": served.get("details", {}).get("selection"), "bundle": str(args.bundle),
         "image": f"{args.width}x{args.height} JPEG", "repeats": args.repeats,
         "cached_repeats": args.cached_repeats, "cpus": len(os.sched_getaffinity(0)),
         **summarize(raw),
