@@ -94,7 +94,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict:
         "wall_s": round(time.monotonic() - started, 1),
         "scenarios": results,
         "cost": measured,
-        "checks": checks.check_all(results, options.replicas, tier),
+        "checks": checks.check_all(results, options.replicas, tier, options.next_upstream),
     }
 
 

@@ -97,6 +97,7 @@ def fault_figures(events: list[dict], fault: FaultRecord, t0: float) -> dict[str
         }
         later = [e for e in after if e["image_id"] in embedded_there]
         figures.update(replica=fault.replica, addr=fault.addr, images_of_killed_replica=hit_ratio(later))
+        figures["in_flight_probe"] = fault.in_flight
         figures["images_of_killed_replica"]["images"] = len(embedded_there)
     return figures
 

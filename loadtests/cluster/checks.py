@@ -10,7 +10,10 @@ request answered (no connection error), the service answers only 200 / 404 / 429
 - hash (b), rr-redis (c) and every fault: hit ratio >= 0.99; (b) also: uploads without the header still
   spread over >= 2 replicas (the proxy's fallback key).
 - kill-replica: clients saw only 502/503 made by the proxy besides the service's answers; the fault reached
-  traffic (retries or proxy errors > 0); the killed replica's images requested after the kill: hit ratio >= 0.99.
+  traffic (retries or proxy errors > 0); the killed replica's images requested after the kill: hit ratio >= 0.99;
+  the probe request in flight on it at the kill (loadtests/cluster/inflight.py) got a 200 from another replica
+  when the proxy resends non-idempotent requests, else the proxy's own 502/503 (a probe that finished before
+  the kill proves nothing and is only reported).
 - pause-redis / stop-redis: the replicas counted Redis errors (the fault reached the service), yet 0 x 5xx.
 Scenarios that need the shared tier are reported as skipped when this service has no SAMCLIP_REDIS_URL setting.
 """
@@ -68,7 +71,8 @@ def check_common(out: list[dict], result: dict) -> None:
     )
 
 
-def check_result(result: dict, replicas: int, shared_tier: bool) -> list[dict]:
+def check_result(result: dict, replicas: int, shared_tier: bool, resend: bool = True) -> list[dict]:
+    """Checks of one scenario; `resend`: the proxy resends non-idempotent requests (nginx non_idempotent)."""
     out: list[dict] = []
     name, hit = result["scenario"], result["hit"]
     check_common(out, result)
@@ -97,8 +101,15 @@ def check_result(result: dict, replicas: int, shared_tier: bool) -> list[dict]:
         )
     fault = result.get("fault")
     if fault and fault["kind"] == "kill-replica":
+        probe = fault.get("in_flight_probe") or {}
         reached = fault["after"]["retried_by_proxy"] + sum(fault["after"]["proxy_status_counts"].values())
+        reached += bool(probe.get("in_flight_at_kill") and (probe["retried"] or probe["proxy_made"]))
         _check(out, name, "kill reached traffic (retries + proxy errors)", reached > 0, reached, "> 0")
+        if probe.get("in_flight_at_kill"):
+            want = {200} if resend else {502, 503}
+            ok = probe["status"] in want and (probe["status"] == 200 or probe["proxy_made"])
+            expected = "200 from another replica" if resend else "502/503 made by the proxy"
+            _check(out, name, "request in flight at the kill", ok, probe, expected)
         own = fault["images_of_killed_replica"]
         ok = own["requests"] > 0 and own["hit_ratio"] is not None and own["hit_ratio"] >= MIN_HIT_RATIO
         _check(out, name, "killed replica's images served by others", ok, own, f">= {MIN_HIT_RATIO}")
@@ -108,5 +119,6 @@ def check_result(result: dict, replicas: int, shared_tier: bool) -> list[dict]:
     return out
 
 
-def check_all(results: list[dict], replicas: int, shared_tier: bool) -> list[dict]:
-    return [check for result in results for check in check_result(result, replicas, shared_tier)]
+def check_all(results: list[dict], replicas: int, shared_tier: bool, next_upstream: str = "") -> list[dict]:
+    resend = "non_idempotent" in next_upstream
+    return [check for result in results for check in check_result(result, replicas, shared_tier, resend)]

@@ -24,7 +24,7 @@ import httpx
 from loadtests.cluster import analysis
 from loadtests.cluster.metrics import Scrape, scrape
 from loadtests.cluster.procs import Processes
-from loadtests.cluster.proxy import DEFAULT_NEXT_UPSTREAM, ProxyLimits, start_nginx
+from loadtests.cluster.proxy import DEFAULT_NEXT_UPSTREAM, Proxy, ProxyLimits, start_nginx
 from loadtests.cluster.scenarios import FAULTS, FaultRecord, Scenario
 from loadtests.images import make_image, unique_jpeg
 from loadtests.run import LOCUSTFILE, ROOT, summarize
@@ -139,7 +139,9 @@ class Harness:
         return {"scenario": scenario.name, "title": scenario.title, "routing": scenario.routing,
                 "redis": scenario.redis, **figures}  # fmt: skip
 
-    def drive(self, proxy: Any, env: dict[str, str], folder: Path, scenario: Scenario) -> FaultRecord | None:
+    def drive(
+        self, proxy: Proxy, env: dict[str, str], folder: Path, scenario: Scenario
+    ) -> FaultRecord | None:
         """Locust through the proxy; the scenario's fault at `fault_at` of the run after the first request."""
         log = (folder / "locust.log").open("wb")
         proc = subprocess.Popen(
@@ -156,7 +158,7 @@ class Harness:
                 time.sleep(
                     max(0.0, started + self.options.fault_at * self.options.duration_s - time.monotonic())
                 )
-                fault = FAULTS[scenario.fault](self.procs, proxy.access_log)
+                fault = FAULTS[scenario.fault](self.procs, proxy)
             rc = proc.wait(timeout=self.options.duration_s + 60)
         finally:
             if proc.poll() is None:

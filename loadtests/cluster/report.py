@@ -44,6 +44,12 @@ def fault_lines(results: list[dict]) -> list[str]:
                 f"; killed replica {fault['replica']} ({fault['addr']}) had embedded {own['images']} images, "
                 f"requested {own['requests']} times after the kill: {own['200']} x 200, {own['404']} x 404"
             )
+            probe = fault.get("in_flight_probe") or {}
+            if probe.get("sent_to_victim"):
+                text += (
+                    f"; probe request in flight at the kill: {probe.get('in_flight_at_kill')}, answered "
+                    f"{probe.get('status')} by {probe.get('upstream')} (made by the proxy: {probe.get('proxy_made')})"
+                )
         redis_errors = sum(row["redis_errors"] for row in r["replicas"])
         lines.append(text + f"; Redis errors counted by the replicas {redis_errors}")
     return lines

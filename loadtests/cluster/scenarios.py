@@ -5,9 +5,9 @@
 (b) `hash`: consistent hash on X-Image-Id, no Redis: every request about an image reaches the same replica.
 (c) `rr-redis`: round-robin with the shared Redis tier: any replica finds any embedded image in Redis.
 Faults (hash routing + Redis, the configuration the chart recommends):
-- `kill-replica`: `kill -9` of the replica with the most recent embeds, at `fault_at` of the run. Its images must
-  still be served (from Redis) by the replicas their keys move to; clients may see the proxy's own retryable
-  502/503, never a 5xx from the service.
+- `kill-replica`: `kill -9` of the replica with the most recent embeds, at `fault_at` of the run, while a probe
+  request is in flight on it. Its images must still be served (from Redis) by the replicas their keys move to;
+  clients may see the proxy's own retryable 502/503, never a 5xx from the service.
 - `pause-redis`: redis-server SIGSTOPped (a hung Redis: connections open, no answers) for the rest of the run,
   then SIGCONT. The service's short Redis timeouts must keep serving (L1 + encode), 0 x 5xx.
 - `stop-redis`: redis-server killed (SIGKILL) mid-run: serving continues from L1 + encode, 0 x 5xx.
@@ -22,8 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from loadtests.cluster.inflight import InFlightProbe
 from loadtests.cluster.metrics import Scrape, scrape
 from loadtests.cluster.procs import Processes
+from loadtests.cluster.proxy import Proxy
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class FaultRecord:
     replica: int | None = None  # kill-replica: index of the killed replica
     addr: str | None = None  # kill-replica: its 127.0.0.1:PORT
     last_scrape: Scrape | None = None  # kill-replica: its /metrics just before the kill
+    in_flight: dict | None = None  # kill-replica: loadtests/cluster/inflight.py probe result
 
 
 def recent_embeds(access_log: Path, window_s: float = 2.0) -> Counter:
@@ -85,28 +88,35 @@ def recent_embeds(access_log: Path, window_s: float = 2.0) -> Counter:
     return counts
 
 
-def kill_replica(procs: Processes, access_log: Path) -> FaultRecord:
+def kill_replica(procs: Processes, proxy: Proxy, lead_s: float = 0.1) -> FaultRecord:
     """kill -9 of the replica that embedded the most images in the last 2 s (their users are still clicking,
-    so the run shows whether the other replicas serve them), from the proxy's access log."""
-    recent = recent_embeds(access_log)
+    so the run shows whether the other replicas serve them), from the proxy's access log; `lead_s` after an
+    in-flight probe request was sent to it (loadtests/cluster/inflight.py)."""
+    recent = recent_embeds(proxy.access_log)
     alive = [r for r in procs.replicas if not r.killed]
-    victim = max(alive, key=lambda r: recent.get(r.addr, 0)).index
-    last = scrape(procs.replicas[victim].url)
-    replica = procs.kill_replica(victim)
-    return FaultRecord("kill-replica", time.time(), victim, replica.addr, last)
+    victim = max(alive, key=lambda r: recent.get(r.addr, 0))
+    probe = InFlightProbe(proxy.url, victim.addr)
+    if probe.start():
+        time.sleep(lead_s)
+    last = scrape(victim.url)
+    record = FaultRecord("kill-replica", time.time(), victim.index, victim.addr, last)
+    procs.kill_replica(victim.index)
+    record.in_flight = probe.finish(record.t)
+    return record
 
 
 def signal_redis(procs: Processes, sig: int, kind: str) -> FaultRecord:
     if procs.redis is None:
         raise RuntimeError(f"{kind}: no redis-server running")
+    record = FaultRecord(kind, time.time())
     if sig == signal.SIGKILL:
         procs.stop_redis(signal.SIGKILL)
     else:
         procs.redis.send_signal(sig)
-    return FaultRecord(kind, time.time())
+    return record
 
 
-FAULTS: dict[str, Callable[[Processes, Path], FaultRecord]] = {
+FAULTS: dict[str, Callable[[Processes, Proxy], FaultRecord]] = {
     "kill-replica": kill_replica,
     "pause-redis": lambda procs, _: signal_redis(procs, signal.SIGSTOP, "pause-redis"),
     "stop-redis": lambda procs, _: signal_redis(procs, signal.SIGKILL, "stop-redis"),
