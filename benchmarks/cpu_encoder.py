@@ -11,9 +11,9 @@ which also writes its default CPU variant) it
 3. makes a working copy of the bundle (--work) with every other reduced-precision variant
    (`model_export.quantize.optimize`: openvino-int8 linear-only and with int8 attention, ort-int8), each
    recording its parity figures in the copy's manifest, and times each backend/variant for comparison;
-4. with --server N: starts `python -m service --bundle B` with NO SAMCLIP_* settings, and times N POST /embed of
-   new 1024x1024 PNGs (decode, preprocess, encoder, response: a new image's full encode through the server)
-   interleaved with the reference, reporting the ratio.
+4. with --server N (ONLY this step): starts `python -m service --bundle B` with NO SAMCLIP_* settings, and times
+   N POST /embed of new 1024x1024 PNGs (decode, preprocess, encoder, response: a new image's full encode through
+   the server), each right after one reference pass, reporting the ratio.
 Prints one table (seconds/image, ratio to the reference, achieved TFLOP/s from the analytic FLOP count of the
 config, parity figures vs plain onnxruntime fp32). Ratios and figures come from this one run on this machine.
 """
@@ -253,7 +253,9 @@ def _png(seed: int, side: int = 1024) -> bytes:
     return buf.getvalue()
 
 
-def server_vs_reference(bundle: Path, image: np.ndarray, rounds: int) -> dict[str, Any]:
+def server_vs_reference(
+    bundle: Path, image: np.ndarray, rounds: int, backend: str | None = None
+) -> dict[str, Any]:
     """`python -m service --bundle B` with no SAMCLIP_* settings; `rounds` POST /embed of new 1024px PNGs, each
     right after one segment_anything fp32 eager pass on the same machine. Returns min/median seconds, ratio."""
     import httpx
@@ -267,7 +269,7 @@ def server_vs_reference(bundle: Path, image: np.ndarray, rounds: int) -> dict[st
         del os.environ[key]
     try:
         with (
-            running_server(bundle, None, free_port(), 900) as url,
+            running_server(bundle, backend, free_port(), 900) as url,
             httpx.Client(base_url=url, timeout=900) as http,
         ):
             info = http.get("/info").json()
@@ -324,7 +326,10 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--calib-samples", type=int, default=2)
     ap.add_argument("--parity-samples", type=int, default=2)
-    ap.add_argument("--server", type=int, default=0, help="N new images through the server (default path)")
+    ap.add_argument(
+        "--server", type=int, default=0, help="ONLY N new images through the server vs the reference"
+    )
+    ap.add_argument("--server-backend", default=None, help="SAMCLIP_BACKEND for --server (default: none set)")
     ap.add_argument("--only", default="", help="comma-separated labels substrings to run (default all)")
     ap.add_argument(
         "--interleaved", type=int, default=0, help="ONLY the encoder-only round-robin timing, N rounds"
@@ -342,8 +347,9 @@ def main() -> int:
     inputs += (random_text_ids(9, seed=7),)
     x = images[:1]
     if args.server:
-        served = server_vs_reference(args.bundle, x, args.server)
+        served = server_vs_reference(args.bundle, x, args.server, args.server_backend)
         print(f"# server, no settings: {json.dumps(served, default=str)}", flush=True)
+        return 0
     bundle_path = working_copy(args.bundle, args.work)
     optimize_log = make_variants(bundle_path, args.calib_samples, args.parity_samples)
     if args.interleaved:

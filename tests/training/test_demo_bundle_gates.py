@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from samclip_bundle.manifest import Manifest
 from training import demo_gates
 
 BUNDLE = Path(__file__).resolve().parents[2] / "training" / "demo_bundle"
-needs_bundle = pytest.mark.skipif(not (BUNDLE / "manifest.json").is_file(), reason="demo bundle not built")
+needs_bundle = pytest.mark.skipif(not Manifest.exists(BUNDLE), reason="demo bundle not built")
 
 
 @pytest.fixture(scope="module")
