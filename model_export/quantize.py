@@ -213,6 +213,36 @@ def _variant_entry(
     )  # fmt: skip
 
 
+def _record_run(
+    bundle: Path,
+    manifest: Manifest,
+    target: str,
+    spec: dict,
+    opts: dict,
+    files: dict[str, str],
+    graphs: tuple[str, ...],
+    kept: tuple[str, ...],
+    parity: dict[str, Any],
+) -> str | None:
+    """List the kept variants, remove the files of the others and record the run in manifest.optimizations
+    (kept graphs, or why none was kept); returns that reason (None when something was kept)."""
+    for graph in kept:
+        file_name = files.get(graph, manifest.graphs[graph].file)
+        entry_parity = Parity(**parity, with_graphs=list(kept))
+        manifest.upsert_variant(
+            graph, _variant_entry(bundle, graph, file_name, target, spec, opts, entry_parity)
+        )
+    for graph in set(graphs) - set(kept):  # a failed variant is not listed; its file is removed
+        if graph in files:
+            (bundle / files[graph]).unlink(missing_ok=True)
+    failed = {k: parity[k] for k in GATES if k in parity and parity[k] < GATES[k]}
+    reason = None if kept else f"parity gates failed for every graph subset tried: {failed}"
+    record = OptimizeRecord(target=target, variant=spec["name"], kept=list(kept), passed=bool(kept),
+                            reason=reason, parity=parity, at=utc_now())  # fmt: skip
+    manifest.optimizations = [r for r in manifest.optimizations if r.variant != spec["name"]] + [record]
+    return reason
+
+
 def optimize(
     bundle: Path,
     target: str,
@@ -240,28 +270,7 @@ def optimize(
         return _fast_runner(bundle, manifest, spec, {g: files[g] for g in chosen if g in files})
 
     kept, parity, alone = select_graphs(probe, make_fast, graphs)
-    for graph in kept:
-        file_name = files.get(graph, manifest.graphs[graph].file)
-        entry_parity = Parity(**parity, with_graphs=list(kept))
-        manifest.upsert_variant(
-            graph, _variant_entry(bundle, graph, file_name, target, spec, opts, entry_parity)
-        )
-    for graph in set(graphs) - set(kept):  # a failed variant is not listed; its file is removed
-        if graph in files:
-            (bundle / files[graph]).unlink(missing_ok=True)
-    failed = {k: parity[k] for k in GATES if k in parity and parity[k] < GATES[k]}
-    reason = None if kept else f"parity gates failed for every graph subset tried: {failed}"
-    manifest.optimizations = [r for r in manifest.optimizations if r.variant != spec["name"]] + [
-        OptimizeRecord(
-            target=target,
-            variant=spec["name"],
-            kept=list(kept),
-            passed=bool(kept),
-            reason=reason,
-            parity=parity,
-            at=utc_now(),
-        )  # fmt: skip
-    ]
+    reason = _record_run(bundle, manifest, target, spec, opts, files, graphs, kept, parity)
     manifest.refresh_fingerprint()
     manifest.write(bundle)
     return {
