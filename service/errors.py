@@ -8,10 +8,14 @@ class ServiceError(Exception):
     status_code: int = 400
     error_type: str = "bad_request"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, message: str, *, headers: dict[str, str] | None = None, error_type: str | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.headers = headers or {}
+        if error_type is not None:
+            self.error_type = error_type
 
 
 class BadRequest(ServiceError):
@@ -40,6 +44,10 @@ class InvalidInput(ServiceError):
 
 class InvalidImage(ServiceError):
     status_code, error_type = 422, "invalid_image"
+
+
+class NotAcceptable(ServiceError):
+    status_code, error_type = 406, "not_acceptable"
 
 
 class QueueFull(ServiceError):

@@ -62,7 +62,7 @@ class Lifecycle:
 
     def admit(self) -> bool:
         """Count a new request as in-flight work if the server is ready now. Requests admitted before a drain
-        may still use the predictor while draining (so no in-flight request fails); later ones get 503."""
+        may still use the engine while draining (so no in-flight request fails); later ones get 503."""
         if self.phase is not Phase.READY:
             return False
         self.inflight += 1
@@ -92,7 +92,7 @@ class ServiceState:
     settings: Settings
     metrics: Metrics
     lifecycle: Lifecycle = field(default_factory=Lifecycle)
-    predictor: Any = None
+    engine: Any = None
     bundle: Any = None
     backend: Any = None
     bundle_path: str | None = None

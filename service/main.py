@@ -1,23 +1,19 @@
 """The FastAPI application: `create_app(settings) -> FastAPI`.
 
-Start-up never blocks serving: the lifespan starts a background task that loads the bundle, creates the
-backend, builds the Predictor and warms it up; until then `/healthz` is 200 (live) and `/readyz` 503. A corrupt
-or mismatched bundle, or a backend that fails to load, leaves the process live but never ready (/readyz 503
-with the reason, inference 503) instead of crashing into a restart loop.
+The lifespan loads the model in the background (service/loading.py): live at once, ready after warm-up.
 
-Data flow of a request: middleware (request id, body limit, timings) -> route (service/routes/*) -> deps
-(auth, predictor, image input) -> Predictor (decode, cache, batcher, backend) -> postprocess -> response.
+Data flow of a request (service/PIPELINE.md): middleware (request id, body limit, timings) -> route
+(service/routes/*: ONE request model filled from query, form or JSON) -> image store (service/images: admission,
+decode, cache tiers, batched encoder) -> text embedder (service/text) -> task (service/tasks: a plain function
+over the cached entry) -> renderer (service/render.py) -> response.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
-from typing import Any
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -27,15 +23,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import ServiceError
 from service.lifecycle import ServiceState
+from service.loading import BackendFactory, default_backend, load, shutdown
 from service.logging import install_record_factory
 from service.metrics import Metrics
 from service.middleware import RequestContextMiddleware, error_body
-from service.schemas import ErrorResponse
+from service.routes import build_routers
+from service.routes.responses import ErrorResponse
 from service.settings import Settings
 
 log = logging.getLogger("service")
-
-PredictorFactory = Callable[[Settings, Metrics], Any]
 
 HTTP_ERROR_TYPES = {
     400: "bad_request",
@@ -61,69 +57,6 @@ by an earlier call (the image embedding is cached: repeat calls skip the encoder
 Masks are COCO RLE by default, `format=polygon`, or a PNG (`format=png` or `Accept: image/png`).
 Every error is JSON `{"error", "error_type", "request_id"}`; every response has `X-Request-ID` and `Server-Timing`.
 """
-
-
-def load_predictor(settings: Settings, metrics: Metrics) -> Any:
-    """Default factory: Bundle.load (sha256-verified) -> backend -> Predictor. Heavy parts run in a thread."""
-    from service.bundle import Bundle
-    from service.pipeline.predictor import Predictor
-    from service.runtime.base import create_backend
-
-    async def build() -> Any:
-        def load_runtime() -> tuple[Any, Any]:
-            bundle = Bundle.load(settings.resolved_bundle())
-            return bundle, create_backend(settings.backend, bundle, settings)
-
-        bundle, backend = await asyncio.to_thread(load_runtime)
-        return Predictor(bundle, backend, settings, metrics)
-
-    return build()
-
-
-async def _load(state: ServiceState, factory: PredictorFactory) -> None:
-    start = time.perf_counter()
-    try:
-        predictor = factory(state.settings, state.metrics)
-        if inspect.isawaitable(predictor):
-            predictor = await predictor
-        state.predictor = predictor
-        state.bundle = getattr(predictor, "bundle", None)
-        state.backend = getattr(predictor, "backend", None)
-        await predictor.start()
-        if not getattr(predictor, "ready", True):
-            raise RuntimeError("predictor.start() returned but the predictor is not ready")
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:  # any load failure: live, not ready, with the reason
-        log.exception("model load failed; the server stays live but not ready")
-        state.lifecycle.mark_failed(f"model load failed: {type(exc).__name__}: {exc}")
-        return
-    state.load_seconds = time.perf_counter() - start
-    state.lifecycle.mark_ready()
-    state.metrics.ready.set(1 if state.lifecycle.ready else 0)
-    log.info("ready in %.2f s (bundle %s)", state.load_seconds, state.bundle_path)
-    if state.bundle is not None and getattr(state.bundle, "random_init", False):
-        log.warning("RANDOM WEIGHTS: bundle %s is random-init; outputs are meaningless", state.bundle_path)
-
-
-async def _shutdown(state: ServiceState) -> None:
-    state.lifecycle.start_drain()
-    state.metrics.ready.set(0)
-    task = state.load_task
-    if task is not None and not task.done():
-        task.cancel()
-        with suppress(asyncio.CancelledError, Exception):
-            await task
-    if state.predictor is not None:
-        try:
-            await state.predictor.stop()
-        except Exception:
-            log.exception("error while stopping the predictor")
-    close = getattr(state.backend, "close", None)
-    if callable(close):
-        with suppress(Exception):
-            close()
-    state.lifecycle.mark_stopped()
 
 
 def _install_exception_handlers(app: FastAPI) -> None:
@@ -153,26 +86,22 @@ def _install_exception_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
-def create_app(
-    settings: Settings | None = None, *, predictor_factory: PredictorFactory | None = None
-) -> FastAPI:
-    """Build the app. `predictor_factory(settings, metrics)` returns a Predictor (or an awaitable of one);
-    the default loads `settings.resolved_bundle()` with `settings.backend`."""
-    from service.routes import classify, embed, health, metrics, segment
-
+def create_app(settings: Settings | None = None, *, backend_factory: BackendFactory | None = None) -> FastAPI:
+    """Build the app. `backend_factory(bundle, settings, metrics)` returns the Backend to serve with (tests wrap
+    a real one); the default creates `settings.backend` (service/runtime)."""
     settings = settings if settings is not None else Settings()
     install_record_factory()
     state = ServiceState(settings=settings, metrics=Metrics())
     state.bundle_path = str(settings.resolved_bundle())
-    factory = predictor_factory or load_predictor
+    factory = backend_factory or default_backend
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.load_task = asyncio.create_task(_load(state, factory), name="samclip-load")
+        state.load_task = asyncio.create_task(load(state, factory), name="samclip-load")
         try:
             yield
         finally:
-            await _shutdown(state)
+            await shutdown(state)
 
     app = FastAPI(
         title="samclip-serve",
@@ -187,8 +116,8 @@ def create_app(
     )
     app.state.service = state
     _install_exception_handlers(app)
-    for module in (health, embed, classify, segment, metrics):
-        app.include_router(module.router)
+    for router in build_routers(settings):
+        app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

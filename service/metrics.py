@@ -1,7 +1,8 @@
 """Prometheus metrics on a per-app `CollectorRegistry` (so tests can build many apps in one process).
 
-The pipeline calls `observe_graph`, `observe_batch`, `set_queue_depth`, `cache_hit`, `cache_miss`,
-`set_cache_bytes` and `encoder_runs.inc(n)`; the HTTP middleware calls `observe_request`. `GET /metrics`
+The backends call `observe_graph`; the image store `observe_batch`, `set_queue_depth`, `observe_queue`,
+`cache_lookup`, `embedding_lookup`, `cache_changed` and `encoder_runs.inc(n)`; a shared tier counts
+`redis_errors` and `redis_bytes`; the HTTP middleware calls `observe_request`. `GET /metrics`
 renders `render()` in the Prometheus text format.
 """
 
@@ -20,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 PREFIX = "samclip"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
+ENTRY_BUCKETS = tuple(float(2**k) for k in range(16, 27))  # 64 KiB .. 64 MiB
 
 disable_created_metrics()  # no `*_created` series: they double the exposition for no use here
 
@@ -54,10 +56,32 @@ class Metrics:
             f"{PREFIX}_encoder_batch_size", "Images per encoder batch", buckets=BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Images waiting for the encoder", registry=r)
-        self.cache_hits = Counter(f"{PREFIX}_cache_hits", "Image-embedding cache hits", registry=r)
-        self.cache_misses = Counter(f"{PREFIX}_cache_misses", "Image-embedding cache misses", registry=r)
+        self.queue_seconds = Histogram(
+            f"{PREFIX}_queue_seconds",
+            "Time an image waited for the encoder",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.cache_hits = Counter(f"{PREFIX}_cache_hits", "Images found in a cache tier", registry=r)
+        self.cache_misses = Counter(f"{PREFIX}_cache_misses", "Images found in no cache tier", registry=r)
+        self.lookups = Counter(
+            f"{PREFIX}_embedding_lookups",
+            "Embedding lookups per tier and result",
+            ["tier", "result"],
+            registry=r,
+        )
         self.cache_bytes = Gauge(
-            f"{PREFIX}_cache_bytes", "Bytes held by the image-embedding cache", registry=r
+            f"{PREFIX}_cache_bytes", "Bytes held by the in-process image-embedding cache", registry=r
+        )
+        self.cache_entry_bytes = Histogram(
+            f"{PREFIX}_cache_entry_bytes",
+            "Bytes per cached image entry (stored or re-counted)",
+            buckets=ENTRY_BUCKETS,
+            registry=r,
+        )
+        self.redis_errors = Counter(f"{PREFIX}_redis_errors", "Failed shared-tier calls", ["op"], registry=r)
+        self.redis_bytes = Counter(
+            f"{PREFIX}_redis_bytes", "Bytes moved to / from the shared tier", ["direction"], registry=r
         )
         self.encoder_runs = Counter(f"{PREFIX}_encoder_runs", "Images passed through the encoder", registry=r)
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the model is loaded, warm and not draining", registry=r)
@@ -72,14 +96,18 @@ class Metrics:
     def set_queue_depth(self, n: int) -> None:
         self.queue_depth.set(n)
 
-    def cache_hit(self) -> None:
-        self.cache_hits.inc()
+    def observe_queue(self, seconds: float) -> None:
+        self.queue_seconds.observe(seconds)
 
-    def cache_miss(self) -> None:
-        self.cache_misses.inc()
+    def cache_lookup(self, hit: bool) -> None:
+        (self.cache_hits if hit else self.cache_misses).inc()
 
-    def set_cache_bytes(self, n: int) -> None:
-        self.cache_bytes.set(n)
+    def embedding_lookup(self, tier: str, hit: bool) -> None:
+        self.lookups.labels(tier=tier, result="hit" if hit else "miss").inc()
+
+    def cache_changed(self, total_bytes: int, entry_bytes: int) -> None:
+        self.cache_bytes.set(total_bytes)
+        self.cache_entry_bytes.observe(entry_bytes)
 
     # --- called by the HTTP layer ----------------------------------------------------------------------------
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:

@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 GiB = 1024**3
 MiB = 1024**2
+DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parent.parent / "training" / "demo_bundle"
+"""The committed demo bundle, found from any working directory (a path in the source tree, not an import)."""
 
 StrList = Annotated[list[str], NoDecode]
 
@@ -42,18 +44,34 @@ class Settings(BaseSettings):
         "ONNX graphs). None: use `default_bundle_dir` (the CLI exports a random-init tiny bundle there if empty).",
     )
     default_bundle_dir: Path = Field(
-        Path("training/demo_bundle"),
+        DEFAULT_BUNDLE_DIR,
         description="Bundle served when `bundle` is not set: the committed demo model (trained on generated "
         "shapes by `python -m training.demo`). If it holds no manifest.json, the CLI exports a random-init `tiny` "
         "bundle there (needs the `export` extra); point `bundle` at your own bundle in production.",
     )
-    backend: str = Field("onnxruntime", description="Inference backend name (service.runtime.base registry).")
+    backend: str = Field(
+        "auto",
+        description="Inference backend: auto (a GPU backend when a usable NVIDIA GPU is visible, else OpenVINO when "
+        "installed, else ONNX Runtime; then the best variant whose parity passed), or onnxruntime, openvino, "
+        "tensorrt, torch (aliases onnxruntime-int8, ort-cuda, torch-cuda). /info says what was chosen and why.",
+    )
     providers: StrList = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
         description="ONNX Runtime execution providers in priority order, e.g. CUDAExecutionProvider,CPUExecutionProvider.",
     )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="cuda: the chosen backend must run on a GPU, else loading fails (live, not ready); "
+        "cpu: never pick a GPU backend; auto: whatever the backend choice gives.",
+    )
+    cpus: int = Field(
+        0,
+        ge=0,
+        description="CPUs to size thread pools and decode slots for; 0 = the affinity mask capped by the cgroup "
+        "CPU quota. The Helm chart sets it from the pod's CPU request (downward API).",
+    )
     intra_op_threads: int = Field(
-        0, ge=0, description="Threads inside one op; 0 = CPUs this process may use."
+        0, ge=0, description="Threads inside one op; 0 = `cpus` (or the CPUs this process may use)."
     )
     inter_op_threads: int = Field(1, ge=0, description="Threads across independent ops.")
     warmup: bool = Field(True, description="Run every graph once at start before /readyz turns 200.")
@@ -94,8 +112,42 @@ class Settings(BaseSettings):
     )
 
     # --- caches ---------------------------------------------------------------------------------------------
-    cache_bytes: int = Field(2 * GiB, ge=0, description="Byte bound of the image-embedding LRU cache.")
-    text_cache_entries: int = Field(4096, ge=0, description="Entries in the text-embedding LRU cache.")
+    cache_bytes: int | None = Field(
+        None,
+        ge=0,
+        description="Byte bound of the in-process image-embedding LRU; None = min(2 GiB, cache_memory_fraction x "
+        "the memory limit).",
+    )
+    cache_memory_fraction: float = Field(
+        0.4, gt=0, le=0.9, description="Share of the memory limit the embedding cache may use by default."
+    )
+    memory_limit_bytes: int = Field(
+        0, ge=0, description="Memory limit of this process; 0 = cgroup memory.max (none: 2 GiB cache)."
+    )
+    text_cache_entries: int = Field(
+        4096, ge=0, description="Entries in the text-embedding LRU cache (0 = off)."
+    )
+    max_new_texts: int = Field(
+        64,
+        ge=1,
+        description="Most texts/labels per request that are not cached yet (each runs 80 templates through the "
+        "text tower); more -> 422 too_many_new_texts. A request's new texts also stop at its deadline (504).",
+    )
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Shared embedding tier (redis://host:6379/0); unset = off. Entries are keyed by image_id + "
+        "bundle fingerprint, never pickled; a failing or slow Redis degrades to the local cache + encode.",
+    )
+    redis_ttl_s: int = Field(3600, ge=1, description="Time to live of an entry in the shared tier.")
+    redis_max_entry_bytes: int = Field(
+        16 * MiB, ge=1, description="Largest entry written to the shared tier (larger ones stay local)."
+    )
+    redis_timeout_s: float = Field(
+        0.25,
+        gt=0,
+        description="Connect / read / write timeout of one shared-tier socket operation (short: a slow Redis is "
+        "a miss); a whole call gets 20x that.",
+    )
 
     # --- input limits ---------------------------------------------------------------------------------------
     max_body_bytes: int = Field(32 * MiB, ge=1, description="Largest request body (413 above, also chunked).")
@@ -159,12 +211,36 @@ class Settings(BaseSettings):
     def _upper_level(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    def usable_cpus(self) -> int:
+        """`cpus` when set, else the affinity mask capped by the cgroup CPU quota."""
+        from service.runtime.cpus import available_cpus
+
+        return self.cpus if self.cpus > 0 else available_cpus()
+
+    def memory_limit(self) -> int | None:
+        """`memory_limit_bytes` when set, else the cgroup v2 memory.max (None when unlimited or unknown)."""
+        if self.memory_limit_bytes > 0:
+            return self.memory_limit_bytes
+        try:
+            text = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        except OSError:
+            return None
+        return int(text) if text.isdigit() else None
+
+    def effective_cache_bytes(self) -> int:
+        """`cache_bytes` when set, else min(2 GiB, cache_memory_fraction x memory limit)."""
+        if self.cache_bytes is not None:
+            return self.cache_bytes
+        limit = self.memory_limit()
+        return 2 * GiB if limit is None else min(2 * GiB, int(limit * self.cache_memory_fraction))
+
     def resolved_bundle(self) -> Path:
         """The bundle directory to serve: `bundle` if set, else `default_bundle_dir`."""
         return self.bundle if self.bundle is not None else self.default_bundle_dir
 
     def summary(self) -> dict[str, Any]:
         """Settings for /info: secrets masked (only whether an API key is set)."""
-        data = self.model_dump(mode="json", exclude={"api_key"})
+        data = self.model_dump(mode="json", exclude={"api_key", "redis_url"})
         data["api_key_set"] = self.api_key is not None
+        data["redis_url_set"] = self.redis_url is not None
         return data

@@ -10,9 +10,9 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from service.deps import StateDep, require_api_key
 from service.lifecycle import ServiceState
-from service.schemas import ErrorResponse, HealthResponse, InfoResponse, ReadyResponse
+from service.routes.deps import StateDep, require_api_key
+from service.routes.responses import ErrorResponse, HealthResponse, InfoResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
 

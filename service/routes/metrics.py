@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from service.deps import StateDep
+from service.routes.deps import StateDep
 
 router = APIRouter(tags=["health"])
 

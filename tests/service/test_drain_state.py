@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 import uvicorn
-from app_fakes import FakePredictor, png_bytes, wait_status
 from fastapi.testclient import TestClient
+from support import SlowEncoder, backend_factory, png_bytes, wait_status
 
 from service.lifecycle import Lifecycle, Phase
 from service.main import create_app
@@ -57,14 +57,15 @@ def test_wait_idle_times_out_then_succeeds() -> None:
     assert asyncio.run(scenario()) == (False, True)
 
 
-def _fake_app(hold: threading.Event, **overrides: object):
-    settings = Settings(**overrides)
-    return create_app(settings, predictor_factory=lambda s, m: FakePredictor(s, m, hold=hold))
+def _held_app(hold: threading.Event, **overrides: object):
+    """The real app on the demo bundle whose encoder waits for `hold` (so requests stay in flight)."""
+    factory = backend_factory(lambda backend: SlowEncoder(backend, hold=hold))
+    return create_app(Settings(**overrides), backend_factory=factory)
 
 
 def test_app_drain_finishes_in_flight_and_refuses_new_work() -> None:
     hold = threading.Event()
-    app = _fake_app(hold)
+    app = _held_app(hold)
     image = png_bytes(32, 24)
     with TestClient(app) as client, ThreadPoolExecutor(2) as pool:
         assert wait_status(client, {"ready"})["status"] == "ready"
@@ -88,7 +89,7 @@ def test_app_drain_finishes_in_flight_and_refuses_new_work() -> None:
 
 def test_draining_server_waits_for_in_flight_then_exits() -> None:
     hold = threading.Event()
-    app = _fake_app(hold, drain_timeout_s=20)
+    app = _held_app(hold, drain_timeout_s=20)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_config=None, access_log=False)
     server = DrainingServer(config, app, drain_timeout_s=20)
     thread = threading.Thread(target=server.run, daemon=True)  # not the main thread: no signal capture
@@ -121,7 +122,7 @@ def test_draining_server_waits_for_in_flight_then_exits() -> None:
 @pytest.mark.parametrize("timeout_s", [2.5])
 def test_draining_server_gives_up_after_the_timeout(timeout_s: float) -> None:
     hold = threading.Event()  # never set: the request never finishes by itself
-    app = _fake_app(hold)
+    app = _held_app(hold)
     config = uvicorn.Config(
         app, host="127.0.0.1", port=0, log_config=None, access_log=False, timeout_graceful_shutdown=1
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -21,9 +22,9 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_match_the_service_api() -> None:
     s = Settings()
-    assert s.bundle is None and s.backend == "onnxruntime" and s.providers == ["CPUExecutionProvider"]
+    assert s.bundle is None and s.backend == "auto" and s.providers == ["CPUExecutionProvider"]
     assert (s.max_batch_size, s.max_batch_wait_ms, s.queue_size, s.request_timeout_s) == (4, 10, 32, 60)
-    assert s.cache_bytes == 2 * GiB and s.max_body_bytes == 32 * MiB
+    assert s.cache_bytes is None and s.max_body_bytes == 32 * MiB and s.redis_url is None
     assert (s.max_image_pixels, s.max_image_side, s.max_prompts, s.max_texts) == (40_000_000, 16384, 64, 16)
     assert s.allowed_formats == ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"]
     assert s.background_prompts == ["background"] and s.warmup is True and s.api_key is None
@@ -79,3 +80,21 @@ def test_resolved_bundle_prefers_bundle_over_default(tmp_path: Path) -> None:
 def test_every_field_is_documented() -> None:
     missing = [name for name, f in Settings.model_fields.items() if not f.description]
     assert missing == []
+
+
+def test_default_bundle_is_found_from_any_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    bundle = Settings().resolved_bundle()
+    assert bundle.is_absolute() and (bundle / "manifest.json").is_file()
+
+
+def test_cache_and_threads_are_sized_from_the_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings(cache_bytes=123).effective_cache_bytes() == 123
+    assert Settings(memory_limit_bytes=4 * GiB).effective_cache_bytes() == int(0.4 * 4 * GiB)
+    assert Settings(memory_limit_bytes=64 * GiB).effective_cache_bytes() == 2 * GiB  # capped
+    assert Settings(cpus=3).usable_cpus() == 3
+    assert 1 <= Settings().usable_cpus() <= (os.cpu_count() or 1)
+    monkeypatch.setenv("SAMCLIP_CPUS", "5")
+    assert Settings().usable_cpus() == 5

@@ -1,0 +1,109 @@
+"""A cached image: the one encoder pass's outputs plus what the tasks derive from them.
+
+`ImageEntry` fields (S = model input size, h = w = S / patch, C = SAM channels, W = encoder width, D = CLIP dim):
+- image_id: sha256 hex of the uploaded bytes; width, height: ORIGINAL size after EXIF orientation;
+- input_size: (new_h, new_w) after resize-longest-side to S (the rest of the S x S input is padding);
+- image_embeddings: (1, C, h, w) float32, SAM decoder input, always kept;
+- memo (shared by every copy of the entry): patch_tokens (1, h, w, W) until the CLIP head has run, then the
+  CLIP outputs (image_embedding (1, D), patch_embeddings (1, h, w, D)), and the patch tokens are dropped;
+- cached: this request found the entry in a cache tier (per request: copies are made with `for_request`).
+
+`to_bytes` / `from_bytes` serialise an entry for a shared tier without pickle: an uncompressed `.npz` whose
+arrays carry their dtype and shape, read back with `allow_pickle=False`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import threading
+import zipfile
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.runtime.base import ClipOutput
+
+ENTRY_OVERHEAD_BYTES = 512
+
+
+@dataclass
+class Memo:
+    """Mutable state shared by every copy of one entry; `lock` serialises the CLIP head's first run."""
+
+    patch_tokens: np.ndarray | None = None
+    clip: ClipOutput | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+@dataclass
+class ImageEntry:
+    """See the module docstring."""
+
+    image_id: str
+    width: int
+    height: int
+    input_size: tuple[int, int]
+    image_embeddings: np.ndarray = field(repr=False)
+    memo: Memo = field(repr=False)
+    cached: bool = False
+
+    @property
+    def original_size(self) -> tuple[int, int]:
+        """(H, W) of the original image."""
+        return (self.height, self.width)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the arrays of the entry (what a cache tier is charged)."""
+        total = self.image_embeddings.nbytes + ENTRY_OVERHEAD_BYTES
+        if self.memo.patch_tokens is not None:
+            total += self.memo.patch_tokens.nbytes
+        if self.memo.clip is not None:
+            total += self.memo.clip.image_embedding.nbytes + self.memo.clip.patch_embeddings.nbytes
+        return int(total)
+
+    def for_request(self, cached: bool) -> ImageEntry:
+        """A copy for one request (shares arrays and memo) with its own `cached` flag."""
+        return dataclasses.replace(self, cached=cached)
+
+
+def to_bytes(entry: ImageEntry) -> bytes:
+    """The entry as `.npz` bytes (meta: width, height, new_h, new_w; then the arrays it holds now)."""
+    arrays = {
+        "meta": np.array([entry.width, entry.height, *entry.input_size], np.int64),
+        "image_embeddings": entry.image_embeddings,
+    }
+    memo = entry.memo
+    if memo.clip is not None:
+        arrays["clip_image"] = memo.clip.image_embedding
+        arrays["clip_patches"] = memo.clip.patch_embeddings
+    elif memo.patch_tokens is not None:
+        arrays["patch_tokens"] = memo.patch_tokens
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def from_bytes(image_id: str, data: bytes) -> ImageEntry:
+    """Inverse of `to_bytes`; raises ValueError on anything malformed."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"not a serialised entry: {exc}") from exc
+    meta = arrays.get("meta")
+    if meta is None or meta.shape != (4,) or "image_embeddings" not in arrays:
+        raise ValueError("serialised entry lacks meta or image_embeddings")
+    clip = None
+    if "clip_image" in arrays and "clip_patches" in arrays:
+        clip = ClipOutput(arrays["clip_image"], arrays["clip_patches"])
+    width, height, new_h, new_w = (int(v) for v in meta)
+    return ImageEntry(
+        image_id=image_id,
+        width=width,
+        height=height,
+        input_size=(new_h, new_w),
+        image_embeddings=arrays["image_embeddings"],
+        memo=Memo(patch_tokens=arrays.get("patch_tokens"), clip=clip),
+    )

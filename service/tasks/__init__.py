@@ -1,0 +1,1 @@
+"""Tasks: plain blocking functions over a cached image entry (classify, text-segment, prompt-segment, refine)."""

@@ -1,0 +1,83 @@
+"""transforms.py against segment_anything's ResizeLongestSide and Sam.preprocess/postprocess_masks (torch)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+sam_transforms = pytest.importorskip("segment_anything.utils.transforms")
+from segment_anything.modeling import Sam  # noqa: E402
+from torch.nn import functional as F  # noqa: E402
+
+from service.images import transforms  # noqa: E402
+
+MEAN = [123.675, 116.28, 103.53]
+STD = [58.395, 57.12, 57.375]
+
+
+def _fake_sam(image_size: int) -> SimpleNamespace:
+    """The attributes Sam.preprocess / Sam.postprocess_masks read, without building a network."""
+    return SimpleNamespace(
+        pixel_mean=torch.tensor(MEAN).view(-1, 1, 1),
+        pixel_std=torch.tensor(STD).view(-1, 1, 1),
+        image_encoder=SimpleNamespace(img_size=image_size),
+    )
+
+
+@pytest.mark.parametrize("shape", [(300, 451), (451, 300), (256, 256), (97, 1000), (1000, 13), (64, 80)])
+@pytest.mark.parametrize("image_size", [256, 1024])
+def test_resize_is_pixel_exact(shape: tuple[int, int], image_size: int) -> None:
+    rgb = np.random.default_rng(sum(shape)).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    ref = sam_transforms.ResizeLongestSide(image_size).apply_image(rgb)
+    ours = transforms.resize_longest_side(rgb, image_size)
+    assert ours.shape == ref.shape
+    np.testing.assert_array_equal(ours, ref)
+    assert transforms.preprocess_shape(*shape, image_size) == ref.shape[:2]
+
+
+@pytest.mark.parametrize("shape", [(300, 451), (451, 300), (200, 256)])
+def test_preprocess_is_bit_exact(shape: tuple[int, int]) -> None:
+    rgb = np.random.default_rng(1).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    ref_img = sam_transforms.ResizeLongestSide(256).apply_image(rgb)
+    x = torch.as_tensor(ref_img).permute(2, 0, 1).contiguous()[None, :, :, :]
+    ref = Sam.preprocess(_fake_sam(256), x.float()).numpy()
+    ours, input_size = transforms.preprocess(rgb, 256, MEAN, STD)
+    assert input_size == ref_img.shape[:2]
+    np.testing.assert_array_equal(ours[None], ref)
+    # padding really is zero and really bottom/right
+    assert np.all(ours[:, input_size[0] :, :] == 0) and np.all(ours[:, :, input_size[1] :] == 0)
+
+
+def test_coords_and_boxes_match_resize_longest_side() -> None:
+    rt = sam_transforms.ResizeLongestSide(256)
+    coords = np.array([[[10.0, 20.0], [450.0, 299.0]]])
+    boxes = np.array([[1.5, 2.0, 400.0, 280.0], [0.0, 0.0, 451.0, 300.0]])
+    ref_c = torch.as_tensor(rt.apply_coords(coords, (300, 451)), dtype=torch.float).numpy()
+    ref_b = torch.as_tensor(rt.apply_boxes(boxes, (300, 451)), dtype=torch.float).numpy()
+    np.testing.assert_array_equal(transforms.map_coords(coords, (300, 451), 256), ref_c)
+    np.testing.assert_array_equal(transforms.map_boxes(boxes, (300, 451), 256), ref_b)
+    back = transforms.unmap_coords(transforms.map_coords(coords, (300, 451), 256), (300, 451), 256)
+    np.testing.assert_allclose(back, coords, atol=1e-3)
+
+
+@pytest.mark.parametrize("size", [(37, 53), (64, 64), (300, 20), (8, 9)])
+def test_resize_bilinear_matches_torch_align_corners_false(size: tuple[int, int]) -> None:
+    maps = np.random.default_rng(2).normal(size=(6, 16, 24)).astype(np.float32)
+    ref = F.interpolate(torch.from_numpy(maps)[None], size, mode="bilinear", align_corners=False)[0].numpy()
+    np.testing.assert_allclose(transforms.resize_bilinear(maps, size), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("original", [(300, 451), (451, 300), (1000, 97), (256, 256), (40, 30), (9, 700)])
+def test_postprocess_masks_agree_with_sam(original: tuple[int, int]) -> None:
+    rng = np.random.default_rng(3)
+    low = rng.normal(size=(4, 64, 64)).astype(np.float32)
+    input_size = transforms.preprocess_shape(*original, 256)
+    ref = Sam.postprocess_masks(_fake_sam(256), torch.from_numpy(low)[None], input_size, original)[0].numpy()
+    ours = transforms.postprocess_masks(low, input_size, original, 256)
+    assert ours.shape == ref.shape == (4, *original)
+    np.testing.assert_allclose(ours, ref, atol=1e-4)
+    agree = np.mean((ours > 0) == (ref > 0))
+    assert agree >= 0.99999
