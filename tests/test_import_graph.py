@@ -4,6 +4,7 @@ Rules (issue 12, "one typed bundle contract"):
 - samclip_bundle imports none of model_export, service, training;
 - model_export imports nothing from service or training;
 - service imports nothing from model_export or training, except in its torch backend module;
+- samclip_client (installed on its own, issue 14) imports no other package of this repository;
 - no cycle between top-level packages.
 """
 
@@ -15,11 +16,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("samclip_bundle", "model_export", "service", "training", "loadtests")
+PACKAGES = ("samclip_bundle", "model_export", "service", "training", "loadtests", "samclip_client")
 FORBIDDEN = {
     "samclip_bundle": {"model_export", "service", "training", "loadtests"},
     "model_export": {"service", "training", "loadtests"},
     "service": {"model_export", "training", "loadtests"},
+    "samclip_client": {"samclip_bundle", "model_export", "service", "training", "loadtests"},  # installs alone
 }
 ALLOWED = {"service/runtime/torch_backend.py": {"model_export"}}  # the torch backend runs the PyTorch modules
 
