@@ -79,6 +79,11 @@ class Metrics:
             buckets=ENTRY_BUCKETS,
             registry=r,
         )
+        self.routing_mismatches = Counter(
+            f"{PREFIX}_routing_header_mismatches",
+            "Requests whose X-Image-Id routing header named another image than the one served",
+            registry=r,
+        )
         self.redis_errors = Counter(f"{PREFIX}_redis_errors", "Failed shared-tier calls", ["op"], registry=r)
         self.redis_bytes = Counter(
             f"{PREFIX}_redis_bytes", "Bytes moved to / from the shared tier", ["direction"], registry=r

@@ -4,7 +4,9 @@ Rules, in order (each rejection is a `ServiceError` that becomes a 4xx JSON resp
 
 1. Zero bytes -> 422. The sha256 of the raw bytes is the image's cache key and its public `image_id`.
 2. `Image.open(..., formats=settings.allowed_formats)`: only the listed formats are even tried, so random bytes,
-   polyglots and formats we do not serve (PSD, PDF, FITS...) -> 415.
+   polyglots and formats we do not serve (PSD, PDF, FITS...) -> 415. Bytes that carry the signature of an
+   accepted format (Pillow's own check) but whose header Pillow cannot read (bad PNG CRC, IHDR width 0, a
+   truncated JPEG header) -> 422 invalid_image.
 3. The header size is checked BEFORE any pixel is decoded: width or height < `MIN_SIDE`, longest side over
    `settings.max_image_side`, aspect ratio over `MAX_ASPECT`, or width*height over `settings.max_image_pixels`
    -> 422. Pillow's own limit (`Image.MAX_IMAGE_PIXELS`, left at Pillow's default) is an outer cap: we check it
@@ -65,13 +67,15 @@ def _check_header_size(width: int, height: int, settings: Any) -> None:
         raise InvalidImage(f"image is {width}x{height}; each side must be at least {MIN_SIDE} pixels")
     if max(width, height) > settings.max_image_side:
         raise InvalidImage(
-            f"image is {width}x{height}; the longest side may be at most {settings.max_image_side}"
+            f"image is {width}x{height}; the longest side may be at most {settings.max_image_side} "
+            "(SAMCLIP_MAX_IMAGE_SIDE)"
         )
     if max(width, height) / min(width, height) > MAX_ASPECT:
         raise InvalidImage(f"image is {width}x{height}; aspect ratio above {MAX_ASPECT:g} is not supported")
     if width * height > settings.max_image_pixels:
         raise InvalidImage(
-            f"image is {width}x{height} = {width * height} pixels; the limit is {settings.max_image_pixels}"
+            f"image is {width}x{height} = {width * height} pixels; the limit is {settings.max_image_pixels} "
+            "(SAMCLIP_MAX_IMAGE_PIXELS)"
         )
     pillow_cap = Image.MAX_IMAGE_PIXELS
     if pillow_cap is not None and width * height > pillow_cap:  # same as Pillow's warning, but not bypassable
@@ -114,11 +118,25 @@ def to_rgb(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("RGB"))
 
 
+def sniff_format(data: bytes, formats: list[str]) -> str | None:
+    """The first of `formats` whose Pillow signature check (the plugin's own `_accept`) matches `data`."""
+    Image.init()
+    prefix = data[:16]
+    for name in formats:
+        accept = Image.OPEN.get(name, (None, None))[1]
+        if accept is not None and accept(prefix):
+            return name
+    return None
+
+
 def _open(data: bytes, settings: Any) -> Image.Image:
     formats = [f.upper() for f in settings.allowed_formats]
     try:
         return Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
+        known = sniff_format(data, formats)
+        if known is not None:  # the signature of an accepted format, but Pillow cannot read it: corrupt
+            raise InvalidImage(f"corrupt {known} file: Pillow cannot read its header") from None
         raise UnsupportedMediaType(f"not an image in an accepted format ({', '.join(formats)})") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImage(f"image rejected as a decompression bomb: {exc}") from None

@@ -13,19 +13,21 @@ Accept header allows neither JSON nor PNG.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import Request
 from pydantic import ValidationError
+from python_multipart.exceptions import FormParserError
 from starlette.datastructures import UploadFile
 from werkzeug.datastructures import MIMEAccept
 from werkzeug.http import parse_accept_header
 
 from service.errors import BadRequest, InvalidInput, NotAcceptable, UnsupportedMediaType
 from service.images.source import ImageSource
-from service.routes.requests import ImageRequest
+from service.routes.requests import IMAGE_ID_PATTERN, ImageRequest
 from service.settings import Settings
 
 RAW_TYPES = ("application/octet-stream",)
@@ -49,9 +51,12 @@ def _media_type(request: Request) -> str:
 
 
 async def _read_multipart(request: Request, settings: Settings, model: type[ImageRequest]) -> Body:
-    form = await request.form(
-        max_files=1, max_fields=settings.max_form_fields, max_part_size=settings.max_form_part_bytes
-    )
+    try:
+        form = await request.form(
+            max_files=1, max_fields=settings.max_form_fields, max_part_size=settings.max_form_part_bytes
+        )
+    except FormParserError as exc:  # newer starlette turns these into 400 itself; older ones do not
+        raise BadRequest(f"malformed multipart body: {exc}") from None
     body = Body()
     for name, value in form.multi_items():
         if name == "image" and isinstance(value, UploadFile):
@@ -189,6 +194,17 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def check_routing_header(request: Request, image_id: str) -> None:
+    """`X-Image-Id` is a routing hint: a malformed one is refused (422), one naming another image is counted."""
+    hint = request.headers.get("x-image-id")
+    if hint is None:
+        return
+    if not re.fullmatch(IMAGE_ID_PATTERN, hint):
+        raise InvalidInput("header X-Image-Id must be the sha256 hex of the image bytes (64 lowercase hex digits)")
+    if hint != image_id:
+        request.app.state.service.metrics.routing_mismatches.inc()
+
+
 def filled(model: type[ImageRequest]) -> Callable[[Request], Awaitable[ImageRequest]]:
     """The dependency that fills `model` for one request (see the module docstring)."""
 
@@ -202,6 +218,7 @@ def filled(model: type[ImageRequest]) -> Callable[[Request], Awaitable[ImageRequ
         req._source = await ImageSource.upload(body.data) if body.data is not None else None
         if req._source is None:
             req._source = ImageSource.by_id(req.image_id or "")
+        check_routing_header(request, req.source.key)
         if "format" in model.model_fields:
             req._format = negotiate(request.headers.get("accept"), getattr(req, "format", None))
         return req

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from service.routes.requests import ImageRequest
+from service.routes.requests import IMAGE_ID_PATTERN, ImageRequest
 from service.routes.responses import ErrorResponse
 
 IMAGE_TYPES = "image/jpeg, image/png, image/webp, image/bmp, image/tiff, image/gif"
@@ -125,7 +125,19 @@ def _request_body(model: type[ImageRequest], schema: dict[str, Any]) -> dict[str
     return {"required": True, "content": content}
 
 
+ROUTING_HEADER = {
+    "name": "X-Image-Id",
+    "in": "header",
+    "required": False,
+    "description": "Routing hint for L7 proxies (consistent hash): the sha256 hex of the image bytes, which a "
+    "client computes before uploading, or the image_id it sends. The server does not need it; a value that "
+    "differs from the image is counted (samclip_routing_header_mismatches_total), a malformed one is refused.",
+    "schema": {"type": "string", "pattern": IMAGE_ID_PATTERN},
+}
+
+
 def operation_doc(model: type[ImageRequest]) -> dict[str, Any]:
     """`openapi_extra` for the route that fills `model`."""
     schema = inline_refs(model.model_json_schema())
-    return {"parameters": _parameters(model, schema), "requestBody": _request_body(model, schema)}
+    parameters = [*_parameters(model, schema), ROUTING_HEADER]
+    return {"parameters": parameters, "requestBody": _request_body(model, schema)}

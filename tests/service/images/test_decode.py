@@ -220,3 +220,47 @@ def test_malformed_exif_is_ignored(s, caplog) -> None:
     data = _save(stored, "JPEG", quality=95, exif=bad_exif)
     out = decode_image(data, s)
     assert out.rgb.shape == (32, 48, 3)
+
+
+def _png_with(chunk_edit) -> bytes:
+    import struct
+    import zlib
+
+    data = bytearray(png_of(Image.new("RGB", (20, 20))))
+    chunk_edit(data, struct, zlib)
+    return bytes(data)
+
+
+def png_of(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["bad_ihdr_crc", "ihdr_width_0", "truncated_jpeg_header", "gif_signature_only"],
+)
+def test_corrupt_file_of_a_known_format_is_422(s, name: str) -> None:
+    def bad_crc(data, struct, zlib):
+        data[29] ^= 0xFF  # IHDR CRC
+
+    def width_0(data, struct, zlib):
+        data[16:20] = struct.pack(">I", 0)
+        data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))  # valid CRC, invalid header
+
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20)).save(buf, format="JPEG")
+    corpus = {
+        "bad_ihdr_crc": _png_with(bad_crc),
+        "ihdr_width_0": _png_with(width_0),
+        "truncated_jpeg_header": buf.getvalue()[:20],
+        "gif_signature_only": b"GIF89a\x01",
+    }
+    with pytest.raises(InvalidImage, match="corrupt"):
+        decode_image(corpus[name], s)
+
+
+def test_pixel_limit_message_names_the_setting(settings_factory) -> None:
+    with pytest.raises(InvalidImage, match="SAMCLIP_MAX_IMAGE_PIXELS"):
+        decode_image(png_of(Image.new("L", (100, 100))), settings_factory(max_image_pixels=5000))

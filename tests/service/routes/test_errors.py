@@ -364,3 +364,16 @@ def test_not_ready_body_mentions_reason_during_slow_load(tiny_bundle: Path) -> N
         assert "loading" in body["error"]
         release.set()
         assert wait_status(client, {"ready", "failed"})["status"] == "ready"
+
+
+def test_too_many_new_labels_is_a_fast_422_and_others_are_served(tiny_bundle: Path) -> None:
+    settings = Settings(bundle=tiny_bundle, max_new_texts=5, warmup=False)
+    with TestClient(create_app(settings)) as client:
+        assert wait_status(client, {"ready", "failed"})["status"] == "ready"
+        image_id = client.post("/embed", content=png_bytes(30, 20), headers=PNG).json()["image_id"]
+        labels = [f"unseen label {i}" for i in range(1000)]
+        start = time.monotonic()
+        body = assert_error(client.post("/classify", params={"labels": labels}, json={"image_id": image_id}), 422)
+        assert body["error_type"] == "too_many_new_texts" and time.monotonic() - start < 5
+        ok = client.post("/classify?labels=cat&labels=dog", json={"image_id": image_id})
+        assert ok.status_code == 200 and len(ok.json()["labels"]) == 2

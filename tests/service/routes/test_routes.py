@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 from collections.abc import Iterator
@@ -344,3 +345,19 @@ def test_low_res_logits_round_trip_as_mask_input(client: TestClient) -> None:
         "/segment/prompt", json={"image_id": image_id, "prompts": [click], "mask_input": "AAAA"}
     )
     assert bad.status_code == 422 and bad.json()["error_type"] == "invalid_input"
+
+
+def test_routing_header_is_a_hint_checked_for_shape(client: TestClient) -> None:
+    image = png_bytes(W, H, seed=14)
+    image_id = hashlib.sha256(image).hexdigest()
+    metrics = client.app.state.service.metrics
+    before = metrics.sample("samclip_routing_header_mismatches_total")
+    ok = client.post("/embed", content=image, headers={**PNG, "X-Image-Id": image_id})
+    assert ok.status_code == 200 and ok.json()["image_id"] == image_id
+    other = client.post("/embed", content=image, headers={**PNG, "X-Image-Id": "0" * 64})
+    assert other.status_code == 200 and metrics.sample("samclip_routing_header_mismatches_total") == before + 1
+    bad = client.post("/embed", content=image, headers={**PNG, "X-Image-Id": "not-a-hash"})
+    assert bad.status_code == 422 and "X-Image-Id" in bad.json()["error"]
+    spec = client.get("/openapi.json").json()
+    params = spec["paths"]["/segment/prompt"]["post"]["parameters"]
+    assert any(p["name"] == "X-Image-Id" and p["in"] == "header" for p in params)
