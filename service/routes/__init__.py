@@ -5,11 +5,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import classify, embed, health, metrics, segment
+from service.routes import classify, demo, embed, health, metrics, segment
 from service.routes.requests import build_request_models
 from service.settings import Settings
 
 
 def build_routers(settings: Settings) -> list[APIRouter]:
     models = build_request_models(settings)
-    return [health.router, embed.build(models), classify.build(models), segment.build(models), metrics.router]
+    return [
+        health.router,
+        embed.build(models),
+        classify.build(models),
+        segment.build(models),
+        metrics.router,
+        demo.router,
+    ]
