@@ -257,7 +257,8 @@ def server_vs_reference(
     bundle: Path, image: np.ndarray, rounds: int, backend: str | None = None
 ) -> dict[str, Any]:
     """`python -m service --bundle B` with no SAMCLIP_* settings; `rounds` POST /embed of new 1024px PNGs, each
-    right after one segment_anything fp32 eager pass on the same machine. Returns min/median seconds, ratio."""
+    right after one segment_anything fp32 eager pass on the same machine. Returns min/median seconds, ratios,
+    and each round's (reference s, server s, ratio): a pair shares the machine's load of the moment."""
     import httpx
     import torch
 
@@ -295,6 +296,8 @@ def server_vs_reference(
         "server_embed_median_s": statistics.median(served),
         "ratio_min": min(ref) / min(served),
         "ratio_median": statistics.median(ref) / statistics.median(served),
+        "rounds": [[round(r, 3), round(s, 3), round(r / s, 2)] for r, s in zip(ref, served, strict=True)],
+        "ratio_per_round_median": statistics.median(r / s for r, s in zip(ref, served, strict=True)),
     }
 
 
