@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from samclip_client.errors import SamclipError
 from samclip_client.results import (
     ClassifyResult,
     EmbedResult,
@@ -70,9 +71,16 @@ def segment(text: str | Sequence[str]) -> Call:
     return Call("POST", "/segment", MasksResult.from_json, {"text": _texts(text), "format": "rle"})
 
 
+def _instances_result(data: dict[str, Any]) -> MasksResult:
+    result = MasksResult.from_json(data)
+    if any(m.instance is None for m in result.masks):
+        raise SamclipError(200, "unsupported", "the server ignored instances=true (it predates issue 14)")
+    return result
+
+
 def instances(text: str | Sequence[str], min_area: int | None, max_instances: int | None) -> Call:
     params = {"text": _texts(text), "instances": True, "min_area": min_area, "max_instances": max_instances}
-    return Call("POST", "/segment", MasksResult.from_json, {**params, "format": "rle"})
+    return Call("POST", "/segment", _instances_result, {**params, "format": "rle"})
 
 
 def refine(text: str, **options: Any) -> Call:

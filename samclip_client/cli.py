@@ -30,7 +30,8 @@ from samclip_client.retry import Retry
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"})
 FATAL_STATUSES = frozenset({401, 403})
-"""Answers that would be the same for every image: stop the run instead of failing each image."""
+"""Answers that would be the same for every image (as is error_type "unsupported": a server without
+instances): stop the run instead of failing each image."""
 
 
 class Fatal(Exception):
@@ -72,7 +73,7 @@ async def label(args: argparse.Namespace, paths: list[str], state: LabelState, b
             try:
                 result = await _label_one(client, path, args)
             except SamclipError as exc:
-                if exc.status in FATAL_STATUSES:
+                if exc.status in FATAL_STATUSES or exc.error_type == "unsupported":
                     raise Fatal(str(exc)) from None
                 failures.append(f"{path}: {exc}")
             except httpx.TransportError as exc:

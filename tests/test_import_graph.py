@@ -21,7 +21,8 @@ FORBIDDEN = {
     "samclip_bundle": {"model_export", "service", "training", "loadtests"},
     "model_export": {"service", "training", "loadtests"},
     "service": {"model_export", "training", "loadtests"},
-    "samclip_client": {"samclip_bundle", "model_export", "service", "training", "loadtests"},  # installs alone
+    # installs on its own (samclip_client/pyproject.toml), so it imports no other package of this repository
+    "samclip_client": {"samclip_bundle", "model_export", "service", "training", "loadtests"},
 }
 ALLOWED = {"service/runtime/torch_backend.py": {"model_export"}}  # the torch backend runs the PyTorch modules
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,27 @@ import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.run import free_port, start_server, stop_server, wait_ready
 from training.data.shapes import make_scene
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_BUNDLE = ROOT / "training" / "demo_bundle"
+
+
+def start_demo_server(
+    tmp: Path, env: dict[str, str] | None, port: int | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`python -m service` on the demo bundle (one intra-op thread, `env` added), ready; (process, URL)."""
+    port = port or free_port()
+    log = tmp / f"server-{port}-{time.monotonic_ns()}.log"
+    proc = start_server(DEMO_BUNDLE, port, {"SAMCLIP_INTRA_OP_THREADS": "1", **(env or {})}, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, 120)
+    except Exception:
+        stop_server(proc, 5)
+        raise RuntimeError(log.read_text(errors="replace")[-4000:]) from None
+    return proc, url
 
 
 def requests_total(url: str, endpoint: str, status: int) -> float:
@@ -63,7 +84,10 @@ class Script:
 
     answers: list[tuple[int, dict[str, str], object]] = field(default_factory=list)
     default: tuple[int, dict[str, str], object] = (200, {}, {})
+    delay_s: float = 0.0
     seen: list[Seen] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
 
 
 def image_json(image_id: str, **extra: object) -> dict:
@@ -72,13 +96,23 @@ def image_json(image_id: str, **extra: object) -> dict:
 
 @contextmanager
 def scripted_server(script: Script) -> Iterator[str]:
-    """A real HTTP server (127.0.0.1, free port) answering every POST/GET from `script`; yields its URL."""
+    """A real HTTP server (127.0.0.1, free port, a thread per request) answering every POST/GET from `script`
+    (a callable payload is called with the request's Seen); yields its URL."""
+    lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def _answer(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            script.seen.append(Seen(time.monotonic(), self.path, dict(self.headers), body))
-            status, headers, payload = script.answers.pop(0) if script.answers else script.default
+            with lock:
+                script.seen.append(Seen(time.monotonic(), self.path, dict(self.headers), body))
+                status, headers, payload = script.answers.pop(0) if script.answers else script.default
+                script.in_flight += 1
+                script.max_in_flight = max(script.max_in_flight, script.in_flight)
+            time.sleep(script.delay_s)
+            with lock:
+                script.in_flight -= 1
+            if callable(payload):
+                payload = payload(script.seen[-1])
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
             self.send_response(status)
             for key, value in {"Content-Type": "application/json", **headers}.items():
