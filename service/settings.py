@@ -180,6 +180,24 @@ class Settings(BaseSettings):
         "background prompt scores highest).",
     )
 
+    # --- segment everything and text instances ----------------------------------------------------------------
+    everything_points_per_side: int = Field(
+        32, ge=1, description="Default point grid side of /segment/everything (n x n points, SAM's default 32)."
+    )
+    max_points_per_side: int = Field(64, ge=1, description="Largest `points_per_side` a request may ask for.")
+    points_per_batch: int = Field(
+        64, ge=1, description="Grid points per SAM decoder call in /segment/everything (one call, K prompts)."
+    )
+    max_everything_masks: int = Field(
+        256, ge=1, description="Largest `max_masks` of /segment/everything (its default is min(100, this))."
+    )
+    instance_min_area: int = Field(
+        64, ge=0, description="Default `min_area` (pixels) of a text component in /segment?instances=true."
+    )
+    max_instances: int = Field(
+        32, ge=1, description="Largest (and default) `max_instances` per text in /segment?instances=true."
+    )
+
     # --- HTTP server ----------------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address (0.0.0.0 in containers).")
     port: int = Field(8000, ge=0, le=65535, description="Bind port.")
