@@ -21,9 +21,11 @@ export function prepareMask(mask, i) {
   return { ...mask, bits: toRowMajor(decodeRle(mask.segmentation), h, w), color: color(i), visible: true };
 }
 
-/** Caption of a mask: its label (and label score, segment-everything), then its score. */
+/** Caption of a mask: its label (with its instance index, text instances; with its label score, segment
+ *  everything), then its score. */
 export function caption(mask, i) {
-  const name = mask.label ?? `mask ${i}`;
+  const instance = typeof mask.instance === "number" ? ` #${mask.instance}` : ""; // /segment?instances=true
+  const name = mask.label != null ? `${mask.label}${instance}` : `mask ${i}`;
   const labelScore = typeof mask.label_score === "number" ? ` (${mask.label_score.toFixed(2)})` : "";
   return `${name}${labelScore} · ${mask.score.toFixed(3)}`;
 }
@@ -47,6 +49,9 @@ function rgbaCanvas(rgba, h, w) {
   return canvas;
 }
 
+/** The visible masks in painting order: the list's first mask (the best-scored one) is painted last, on top. */
+const stack = (masks) => masks.filter((m) => m.visible).reverse();
+
 /** Size the image, overlay and SVG to fit `maxW` x `maxH` CSS px (small images are scaled up, pixelated). */
 export function layout(dom, width, height, maxW, maxH) {
   const scale = Math.min(maxW / width, maxH / height);
@@ -66,7 +71,7 @@ export function layout(dom, width, height, maxW, maxH) {
 export function drawOverlay(overlay, masks, width, height) {
   const ctx = overlay.getContext("2d");
   ctx.clearRect(0, 0, overlay.width, overlay.height);
-  const shown = masks.filter((m) => m.visible);
+  const shown = stack(masks);
   if (!shown.length) return;
   const rgba = paintMasks(shown.map((m) => m.bits), shown.map((m) => m.color), height, width, ALPHA);
   ctx.imageSmoothingEnabled = false;
@@ -122,7 +127,7 @@ const toPng = (canvas) => new Promise((resolve) => canvas.toBlob(resolve, "image
 
 /** The visible masks as one RGBA PNG at original size (the overlay's colours; transparent elsewhere). */
 export async function downloadOverlayPng(masks, width, height, name) {
-  const shown = masks.filter((m) => m.visible);
+  const shown = stack(masks);
   const rgba = paintMasks(shown.map((m) => m.bits), shown.map((m) => m.color), height, width, 255);
   save(await toPng(rgbaCanvas(rgba, height, width)), name);
 }
