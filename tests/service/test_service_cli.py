@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from samclip_bundle.manifest import Manifest
 from service import __main__ as cli
-from service.settings import Settings
+from service.settings import DEFAULT_BUNDLE_DIR, Settings
 
 
 def test_flags_override_settings() -> None:
@@ -23,7 +24,7 @@ def test_explicit_bundle_is_used_as_given(tmp_path: Path) -> None:
 
 
 def test_existing_default_bundle_is_served(tmp_path: Path) -> None:
-    (tmp_path / "manifest.json").write_text("{}")
+    Manifest.read(DEFAULT_BUNDLE_DIR).write(tmp_path)  # a bundle's manifest (its graphs need not be there)
     assert cli.ensure_bundle(Settings(default_bundle_dir=tmp_path)) == tmp_path
 
 

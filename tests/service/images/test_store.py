@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from support import png_bytes
 
+from samclip_bundle.graphs import GRAPHS
 from service.errors import NotFound
 from service.images.source import ImageSource
 from service.tasks.classify import classify
@@ -34,7 +35,7 @@ async def upload(data: bytes) -> ImageSource:
 async def test_warmup_runs_all_graphs_and_ready(make_engine) -> None:
     engine = await make_engine()
     assert engine.ready
-    for graph in ("encoder", "clip_head", "text_encoder", "sam_decoder"):
+    for graph in GRAPHS:
         assert graph_calls(engine, graph) >= 1, graph
     await engine.stop()
     assert not engine.ready

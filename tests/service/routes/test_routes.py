@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from support import png_bytes, wait_status
 
+from samclip_bundle.manifest import Manifest
 from service.main import create_app
 from service.render import decode_rle
 from service.settings import Settings
@@ -57,8 +58,8 @@ def test_probes_info_and_docs(client: TestClient, tiny_bundle: Path) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     assert client.get("/readyz").json() == {"status": "ready", "reason": "ready"}
     info = client.get("/info").json()
-    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
-    assert info["model"] == "tiny" and info["fingerprint"] == manifest["fingerprint"]
+    manifest = Manifest.read(tiny_bundle)
+    assert info["model"] == "tiny" and info["fingerprint"] == manifest.fingerprint
     assert info["random_init"] is True and "RANDOM" in info["warning"]
     assert info["weights"]["random_init"] is True
     assert info["backend"]["name"] and info["settings"]["max_batch_size"] == 4
