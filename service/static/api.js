@@ -1,6 +1,6 @@
-// The service's HTTP contract as the page uses it: parameters in the QUERY string, the image as a raw body
-// (POST /embed) and later as JSON {"image_id": ...}; X-API-Key when a key is given; X-Image-Id on every request
-// about an image (routing); errors are JSON {"error", "error_type", "request_id"}.
+// The service's HTTP contract as the page uses it: parameters in the QUERY string, the image as a raw
+// body (POST /embed) and later as JSON {"image_id": ...}; X-API-Key when a key is given; X-Image-Id on
+// every request about an image (routing); errors are JSON {"error", "error_type", "request_id"}.
 
 export class ApiError extends Error {
   constructor(status, body) {

@@ -8,11 +8,25 @@ import * as view from "./view.js";
 
 const $ = (id) => document.getElementById(id);
 const dom = {
-  apiKey: $("api-key"), input: $("image-input"), drop: $("drop"), hint: $("drop-hint"), stage: $("stage"),
-  image: $("image"), overlay: $("overlay"), marks: $("marks"), info: $("image-info"), text: $("text-input"),
-  textMode: $("text-mode"), labels: $("labels-input"), topK: $("top-k"), pps: $("points-per-side"),
-  everythingLabels: $("everything-labels"), results: $("classify-results"), list: $("mask-list"),
-  count: $("mask-count"), status: $("status"),
+  apiKey: $("api-key"),
+  input: $("image-input"),
+  drop: $("drop"),
+  hint: $("drop-hint"),
+  stage: $("stage"),
+  image: $("image"),
+  overlay: $("overlay"),
+  marks: $("marks"),
+  info: $("image-info"),
+  text: $("text-input"),
+  textMode: $("text-mode"),
+  labels: $("labels-input"),
+  topK: $("top-k"),
+  pps: $("points-per-side"),
+  everythingLabels: $("everything-labels"),
+  results: $("classify-results"),
+  list: $("mask-list"),
+  count: $("mask-count"),
+  status: $("status"),
 };
 const api = new Api(() => dom.apiKey.value);
 const state = {
@@ -31,10 +45,19 @@ function setStatus(message, isError = false) {
 }
 
 function errorText(err) {
-  return err instanceof ApiError ? `${err.status} ${err.errorType}: ${err.message}` : String(err.message || err);
+  return err instanceof ApiError
+    ? `${err.status} ${err.errorType}: ${err.message}`
+    : String(err.message || err);
 }
 
-const splitList = (s) => [...new Set(s.split(/[,\n]/).map((t) => t.trim()).filter(Boolean))];
+const splitList = (s) => [
+  ...new Set(
+    s
+      .split(/[,\n]/)
+      .map((t) => t.trim())
+      .filter(Boolean),
+  ),
+];
 
 function redraw() {
   if (!state.image) return;
@@ -77,7 +100,8 @@ function ensureEmbedded() {
     .then(({ data }) => {
       img.id = data.image_id;
       document.body.dataset.imageId = img.id;
-      dom.info.textContent = `${img.name} · ${data.width}×${data.height} · ${data.cached ? "cached" : "encoded"}`;
+      const how = data.cached ? "cached" : "encoded";
+      dom.info.textContent = `${img.name} · ${data.width}×${data.height} · ${how}`;
       return img.id;
     })
     .finally(() => {
@@ -86,12 +110,20 @@ function ensureEmbedded() {
   return img.uploading;
 }
 
+// Points and boxes -> /segment/prompt: one request in flight; the latest prompt is sent when it returns.
+const live = { inFlight: false, again: false };
+
+/** body[data-busy]: requests in flight plus a prompt waiting to be sent; "0": the page shows its last answer. */
+function showBusy() {
+  document.body.dataset.busy = String(state.busy + (live.again ? 1 : 0));
+}
+
 /** Run `call(imageId)` as the newest request; shows nothing (returns null) when a newer one started since.
  *  A 404 for the image_id (evicted from the server's cache) re-uploads the image once. */
 async function run(call) {
   const ticket = ++state.seq;
   state.busy += 1;
-  document.body.dataset.busy = String(state.busy);
+  showBusy();
   try {
     let result;
     try {
@@ -107,7 +139,7 @@ async function run(call) {
     return null;
   } finally {
     state.busy -= 1;
-    document.body.dataset.busy = String(state.busy);
+    showBusy();
   }
 }
 
@@ -128,7 +160,16 @@ async function openFile(file) {
     return;
   }
   const { naturalWidth: width, naturalHeight: height } = dom.image;
-  state.image = { bytes, type: file.type, name: file.name, id: null, width, height, url, sha256: await sha256Hex(bytes) };
+  state.image = {
+    bytes,
+    type: file.type,
+    name: file.name,
+    id: null,
+    width,
+    height,
+    url,
+    sha256: await sha256Hex(bytes),
+  };
   state.prompt = { points: [], box: null };
   dom.results.replaceChildren();
   dom.stage.hidden = false;
@@ -139,19 +180,19 @@ async function openFile(file) {
   if ((await run(async (id) => id)) !== null) setStatus(`embedded: image_id ${state.image.id.slice(0, 12)}…`);
 }
 
-// --- points and boxes -> /segment/prompt (one request in flight; the latest prompt is sent when it returns) --
-const live = { inFlight: false, again: false };
-
 async function sendPrompt() {
   if (live.inFlight) {
     live.again = true;
+    showBusy();
     return;
   }
   const spec = { points: state.prompt.points.map((p) => ({ ...p })) };
   if (state.prompt.box) spec.box = [...state.prompt.box];
   if (!spec.points.length && !spec.box) return;
   live.inFlight = true;
-  const result = await run((id) => api.about("/segment/prompt", {}, id, { prompts: [spec], multimask: false }));
+  const result = await run((id) =>
+    api.about("/segment/prompt", {}, id, { prompts: [spec], multimask: false }),
+  );
   live.inFlight = false;
   if (result) {
     const masks = result.data.prompts.flatMap((p) => p.masks);
@@ -160,7 +201,8 @@ async function sendPrompt() {
   }
   if (live.again) {
     live.again = false;
-    sendPrompt();
+    sendPrompt(); // counts itself busy (synchronously) before anything can observe the page idle
+    showBusy();
   }
 }
 
@@ -168,7 +210,9 @@ function toImage(event) {
   const r = dom.stage.getBoundingClientRect();
   const { width, height } = state.image;
   const clamp = (v, hi) => Math.min(hi, Math.max(0, v));
-  return [clamp(((event.clientX - r.left) / r.width) * width, width), clamp(((event.clientY - r.top) / r.height) * height, height)];
+  const x = ((event.clientX - r.left) / r.width) * width;
+  const y = ((event.clientY - r.top) / r.height) * height;
+  return [clamp(x, width), clamp(y, height)];
 }
 
 function installPointer() {
@@ -193,7 +237,13 @@ function installPointer() {
     if (!start) return;
     const [x, y] = toImage(e);
     if (!start.dragging) state.prompt.points.push({ x, y, label: start.shift ? 0 : 1 });
-    else state.prompt.box = [Math.min(start.at[0], x), Math.min(start.at[1], y), Math.max(start.at[0], x), Math.max(start.at[1], y)];
+    else
+      state.prompt.box = [
+        Math.min(start.at[0], x),
+        Math.min(start.at[1], y),
+        Math.max(start.at[0], x),
+        Math.max(start.at[1], y),
+      ];
     start = null;
     redraw();
     sendPrompt();
@@ -211,7 +261,10 @@ async function segmentText() {
     result = await run((id) => Promise.all(texts.map((t) => api.about("/segment/refine", { text: t }, id))));
     if (result) {
       const last = result[result.length - 1];
-      showMasks(result.map((r) => r.data.mask), meta("/segment/refine", last.data, result.map((r) => r.requestId).join(",")));
+      showMasks(
+        result.map((r) => r.data.mask),
+        meta("/segment/refine", last.data, result.map((r) => r.requestId).join(",")),
+      );
     }
   } else {
     const params = { text: texts, instances: mode === "instances" ? "true" : null };
@@ -229,7 +282,9 @@ async function everything() {
   const result = await run((id) => api.about("/segment/everything", params, id));
   if (!result) return;
   showMasks(result.data.masks, meta("/segment/everything", result.data, result.requestId));
-  setStatus(`everything: ${state.masks.length} mask(s)${labels.length ? ` labelled with ${labels.join(", ")}` : ""}`);
+  setStatus(
+    `everything: ${state.masks.length} mask(s)${labels.length ? ` labelled with ${labels.join(", ")}` : ""}`,
+  );
 }
 
 async function classify() {
@@ -278,13 +333,16 @@ function installControls() {
     showMasks([], null);
   });
   $("download-png").addEventListener("click", () => {
-    if (state.image) view.downloadOverlayPng(state.masks, state.image.width, state.image.height, `${stem()}-masks.png`);
+    if (state.image)
+      view.downloadOverlayPng(state.masks, state.image.width, state.image.height, `${stem()}-masks.png`);
   });
-  $("download-rle").addEventListener("click", () => view.downloadRleJson(state.meta || {}, state.masks, `${stem()}-masks.json`));
+  $("download-rle").addEventListener("click", () =>
+    view.downloadRleJson(state.meta || {}, state.masks, `${stem()}-masks.json`),
+  );
   window.addEventListener("resize", fit);
 }
 
 installControls();
 installPointer();
-document.body.dataset.busy = "0";
+showBusy();
 document.body.dataset.ready = "1";

@@ -17,7 +17,7 @@ export function countsFromString(s) {
       more = (c & 0x20) !== 0;
       p += 1;
       k += 1;
-      if (!more && (c & 0x10)) x -= 2 ** (5 * k); // sign bit of the last 5-bit group
+      if (!more && c & 0x10) x -= 2 ** (5 * k); // sign bit of the last 5-bit group
     }
     if (counts.length > 2) x += counts[counts.length - 2]; // counts past the 3rd are deltas
     counts.push(x);

@@ -1,15 +1,25 @@
-// What the page shows about the current image: the overlay canvas (masks only), the SVG layer (bboxes, labels,
-// scores, prompt points and box), the mask list and the downloads. Coordinates: ORIGINAL image pixels, x right,
-// y down, origin at the top-left corner of the top-left pixel; the SVG's viewBox is the original image, so it
-// is drawn in those coordinates and scaled by the browser.
+// What the page shows about the current image: the overlay canvas (masks only), the SVG layer (bboxes,
+// labels, scores, prompt points and box), the mask list and the downloads. Coordinates: ORIGINAL image
+// pixels, x right, y down, origin at the top-left corner of the top-left pixel; the SVG's viewBox is the
+// original image, so it is drawn in those coordinates and scaled by the browser.
 
 import { decodeRle, paintMasks, toRowMajor } from "./rle.js";
 
 const SVG = "http://www.w3.org/2000/svg";
 const ALPHA = 115; // overlay alpha (0..255) of every mask pixel
 const PALETTE = [
-  [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180], [70, 240, 240],
-  [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128], [220, 190, 255], [170, 110, 40],
+  [230, 25, 75],
+  [60, 180, 75],
+  [0, 130, 200],
+  [245, 130, 48],
+  [145, 30, 180],
+  [70, 240, 240],
+  [240, 50, 230],
+  [210, 245, 60],
+  [250, 190, 212],
+  [0, 128, 128],
+  [220, 190, 255],
+  [170, 110, 40],
 ];
 
 export const color = (i) => PALETTE[i % PALETTE.length];
@@ -31,7 +41,9 @@ export function caption(mask, i) {
 }
 
 function el(tag, attrs, parent) {
-  const node = tag.startsWith("svg:") ? document.createElementNS(SVG, tag.slice(4)) : document.createElement(tag);
+  const node = tag.startsWith("svg:")
+    ? document.createElementNS(SVG, tag.slice(4))
+    : document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "text") node.textContent = v;
     else node.setAttribute(k, v);
@@ -49,7 +61,7 @@ function rgbaCanvas(rgba, h, w) {
   return canvas;
 }
 
-/** The visible masks in painting order: the list's first mask (the best-scored one) is painted last, on top. */
+/** The visible masks in painting order: the list's first (best-scored) mask is painted last, on top. */
 const stack = (masks) => masks.filter((m) => m.visible).reverse();
 
 /** Size the image, overlay and SVG to fit `maxW` x `maxH` CSS px (small images are scaled up, pixelated). */
@@ -73,7 +85,13 @@ export function drawOverlay(overlay, masks, width, height) {
   ctx.clearRect(0, 0, overlay.width, overlay.height);
   const shown = stack(masks);
   if (!shown.length) return;
-  const rgba = paintMasks(shown.map((m) => m.bits), shown.map((m) => m.color), height, width, ALPHA);
+  const rgba = paintMasks(
+    shown.map((m) => m.bits),
+    shown.map((m) => m.color),
+    height,
+    width,
+    ALPHA,
+  );
   ctx.imageSmoothingEnabled = false;
   ctx.drawImage(rgbaCanvas(rgba, height, width), 0, 0, overlay.width, overlay.height);
 }
@@ -93,10 +111,24 @@ export function drawMarks(svg, masks, prompt, width) {
   });
   if (prompt.box) {
     const [x0, y0, x1, y1] = prompt.box;
-    el("svg:rect", { x: x0, y: y0, width: x1 - x0, height: y1 - y0, class: "prompt-box", "stroke-width": 2 * unit }, svg);
+    el(
+      "svg:rect",
+      { x: x0, y: y0, width: x1 - x0, height: y1 - y0, class: "prompt-box", "stroke-width": 2 * unit },
+      svg,
+    );
   }
   for (const p of prompt.points) {
-    el("svg:circle", { cx: p.x, cy: p.y, r: 5 * unit, class: p.label ? "point pos" : "point neg", "stroke-width": 1.5 * unit }, svg);
+    el(
+      "svg:circle",
+      {
+        cx: p.x,
+        cy: p.y,
+        r: 5 * unit,
+        class: p.label ? "point pos" : "point neg",
+        "stroke-width": 1.5 * unit,
+      },
+      svg,
+    );
   }
 }
 
@@ -108,10 +140,13 @@ export function drawList(list, masks, onToggle, onPng) {
     const box = el("input", { type: "checkbox", title: "show" }, row);
     box.checked = m.visible;
     box.addEventListener("change", () => onToggle(i, box.checked));
-    el("span", { class: "swatch" }, row).style.background = css(m.color); // CSSOM: the CSP allows no inline style
+    // CSSOM, not a style attribute: the page's CSP allows no inline style
+    el("span", { class: "swatch" }, row).style.background = css(m.color);
     el("span", { class: "caption", text: caption(m, i) }, row);
     el("span", { class: "meta", text: `bbox ${m.bbox.join(",")} · ${m.area} px` }, row);
-    el("button", { type: "button", class: "small", text: "PNG" }, row).addEventListener("click", () => onPng(i));
+    el("button", { type: "button", class: "small", text: "PNG" }, row).addEventListener("click", () =>
+      onPng(i),
+    );
   });
 }
 
@@ -128,7 +163,13 @@ const toPng = (canvas) => new Promise((resolve) => canvas.toBlob(resolve, "image
 /** The visible masks as one RGBA PNG at original size (the overlay's colours; transparent elsewhere). */
 export async function downloadOverlayPng(masks, width, height, name) {
   const shown = stack(masks);
-  const rgba = paintMasks(shown.map((m) => m.bits), shown.map((m) => m.color), height, width, 255);
+  const rgba = paintMasks(
+    shown.map((m) => m.bits),
+    shown.map((m) => m.color),
+    height,
+    width,
+    255,
+  );
   save(await toPng(rgbaCanvas(rgba, height, width)), name);
 }
 
