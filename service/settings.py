@@ -182,7 +182,7 @@ class Settings(BaseSettings):
 
     # --- segment everything and text instances ----------------------------------------------------------------
     everything_points_per_side: int = Field(
-        32, ge=1, description="Default point grid side of /segment/everything (n x n points, SAM's default 32)."
+        32, ge=1, description="Default point grid side of /segment/everything (n x n points; SAM uses 32)."
     )
     max_points_per_side: int = Field(64, ge=1, description="Largest `points_per_side` a request may ask for.")
     points_per_batch: int = Field(

@@ -59,6 +59,10 @@ def _unique(values: list[str]) -> list[str]:
     return values
 
 
+def _unique_or_none(values: list[str] | None) -> list[str] | None:
+    return None if values is None else _unique(values)
+
+
 class ImageRequest(BaseModel):
     """Base of every inference request: the image source is attached by the filler (not a field)."""
 
@@ -113,6 +117,7 @@ class RequestModels:
     segment: type[ImageRequest]
     prompt: type[ImageRequest]
     refine: type[ImageRequest]
+    everything: type[ImageRequest]
 
 
 def build_request_models(settings: Any) -> RequestModels:
@@ -146,8 +151,20 @@ def build_request_models(settings: Any) -> RequestModels:
         top_k: int | None = Field(None, ge=1, le=settings.max_labels, description="Only the best k labels.")
 
     class SegmentRequest(Output):
-        QUERY = ("text", "format", "index")
+        QUERY = ("text", "instances", "min_area", "max_instances", "format", "index")
         text: Annotated[list[Text], texts(settings.max_texts, "texts"), AfterValidator(_unique)]
+        instances: bool = Field(
+            False,
+            description="One mask per object: each connected part of a text's mask becomes a SAM box prompt.",
+        )
+        min_area: int = Field(
+            min(settings.instance_min_area, settings.max_image_pixels), ge=0, le=settings.max_image_pixels,
+            description="instances=true: smallest text-mask part (pixels) that becomes an instance.",
+        )  # fmt: skip
+        max_instances: int = Field(
+            settings.max_instances, ge=1, le=settings.max_instances,
+            description="instances=true: most instances per text (the largest parts).",
+        )  # fmt: skip
 
     class RefineRequest(Output):
         QUERY = (
@@ -211,4 +228,42 @@ def build_request_models(settings: Any) -> RequestModels:
                    for s in self.prompts]  # fmt: skip
             return out + [Prompt((), box, self.mask_input) for box in self.boxes]
 
-    return RequestModels(EmbedRequest, ClassifyRequest, SegmentRequest, PromptRequest, RefineRequest)
+    return RequestModels(
+        EmbedRequest,
+        ClassifyRequest,
+        SegmentRequest,
+        PromptRequest,
+        RefineRequest,
+        _everything(settings, Output, Text),
+    )
+
+
+def _everything(settings: Any, output: type[ImageRequest], text: Any) -> type[ImageRequest]:
+    """POST /segment/everything: SamAutomaticMaskGenerator's knobs bounded by the settings, optional labels."""
+    side, masks = settings.max_points_per_side, settings.max_everything_masks
+
+    def unit(default: float, what: str) -> Any:
+        return Field(default, ge=0.0, le=1.0, description=what)
+
+    class EverythingRequest(output):  # type: ignore[valid-type,misc]
+        QUERY = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "max_masks",
+                 "labels", "format", "index")  # fmt: skip
+        points_per_side: int = Field(
+            min(settings.everything_points_per_side, side), ge=1, le=side,
+            description="Point grid side: n x n single-point prompts over the image.",
+        )  # fmt: skip
+        pred_iou_thresh: float = unit(0.88, "Keep masks whose predicted IoU is above this (0: no filter).")
+        stability_score_thresh: float = unit(0.95, "Keep masks at least this stable (0: no filter).")
+        box_nms_thresh: float = unit(0.7, "Drop a mask whose box IoU with a better mask's box is above this.")
+        max_masks: int = Field(
+            min(100, masks), ge=1, le=masks, description="Most masks returned (best first)."
+        )
+        labels: Annotated[
+            list[text] | None,  # type: ignore[valid-type]
+            Field(max_length=settings.max_labels, json_schema_extra={"uniqueItems": True},
+                  description=f"0..{settings.max_labels} unique candidate labels (repeat the parameter); every "
+                  "mask gets the best one from the CLIP head's features pooled inside it."),
+            AfterValidator(_unique_or_none),
+        ] = None  # fmt: skip
+
+    return EverythingRequest

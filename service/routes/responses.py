@@ -73,12 +73,40 @@ class ClassifyResponse(ImageMeta):
     labels: list[LabelScoreOut] = Field(description="Ranked by probability, highest first (top_k of them).")
 
 
+class InstanceMaskOut(MaskOut):
+    instance: int = Field(
+        description="instances=true: index of this object among its text's (0 = best score)."
+    )
+    text_score: float = Field(
+        description="Mean probability of the text over the text-mask part it came from."
+    )
+
+
 class SegmentResponse(ImageMeta):
-    masks: list[MaskOut] = Field(description="One mask per `text`, in request order.")
+    masks: list[InstanceMaskOut | MaskOut] = Field(
+        description="One mask per `text`, in request order; with instances=true one mask per object instance "
+        "(SAM box prompt from each connected part of the text's mask), by text then score descending."
+    )
     background_prompts: list[str] = Field(
         description="Background classes used: a pixel belongs to text i only where text i scores higher than "
         "every other text and every background prompt."
     )
+
+
+class EverythingMaskOut(MaskOut):
+    stability_score: float = Field(description="IoU of the mask thresholded at logit +1 and at -1 (SAM's).")
+    point: list[float] = Field(description="The grid point [x, y] (original px) that produced the mask.")
+    label_score: float | None = Field(
+        None, description="With labels: softmax probability of `label` over the given labels."
+    )
+
+
+class EverythingResponse(ImageMeta):
+    masks: list[EverythingMaskOut] = Field(
+        description="SAM automatic masks after the IoU / stability filters and box NMS, by score (predicted "
+        "IoU) descending."
+    )
+    labels: list[str] | None = Field(description="The labels the masks were labelled with (null: none).")
 
 
 class PromptMasks(BaseModel):

@@ -7,6 +7,10 @@
   `multimask` gives 3 masks per prompt; masks carry SAM's predicted IoU (service/tasks/prompt.py).
 - POST /segment/refine?text=dog: CLIP-head coarse mask -> sampled point prompts + mask prompt -> SAM decoder
   (service/tasks/refine.py).
+- POST /segment?text=dog&instances=true: one SAM mask per connected part of the text mask, all boxes in one
+  decoder call (service/tasks/instances.py).
+- POST /segment/everything[?labels=...]: SAM's automatic mask generation on the cached embedding, optionally
+  labelled from the CLIP head's dense features (service/tasks/everything.py, labels.py).
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from service.routes.inputs import filled
 from service.routes.openapi import ERRORS, PNG_200, operation_doc
 from service.routes.output import load, masks_json, png_response
 from service.routes.requests import RequestModels
-from service.routes.responses import PromptSegmentResponse, RefineResponse, SegmentResponse, image_meta
+from service.routes.responses import (
+    EverythingResponse,
+    PromptSegmentResponse,
+    RefineResponse,
+    SegmentResponse,
+    image_meta,
+)
+from service.tasks.everything import EverythingParams, segment_everything
+from service.tasks.instances import segment_instances
 from service.tasks.prompt import segment_prompts
 from service.tasks.refine import refine
 from service.tasks.textseg import segment_text
@@ -33,6 +45,7 @@ def build(models: RequestModels) -> APIRouter:
     fill_segment = Depends(filled(models.segment))
     fill_prompt = Depends(filled(models.prompt))
     fill_refine = Depends(filled(models.refine))
+    fill_everything = Depends(filled(models.everything))
 
     @router.post(
         "",
@@ -50,10 +63,21 @@ def build(models: RequestModels) -> APIRouter:
         classes = await engine.text_embeddings(
             [*req.text, *settings.background_prompts], ctx.timings, ctx.deadline
         )
-        results = await engine.run(segment_text, engine.heads, entry, classes, req.text, ctx.timings)
+        if req.instances:
+            results = await engine.run(
+                segment_instances, engine.heads, entry, classes, req.text, req.min_area, req.max_instances,
+                ctx.timings,
+            )  # fmt: skip
+        else:
+            results = await engine.run(segment_text, engine.heads, entry, classes, req.text, ctx.timings)
         if req.output == "png":
             return await png_response(results, req, entry, ctx)
         masks = await masks_json(results, req, ctx)
+        if req.instances:
+            masks = [
+                {**m, "instance": r.instance, "text_score": r.text_score}
+                for m, r in zip(masks, results, strict=True)
+            ]
         return SegmentResponse(
             **image_meta(entry), masks=masks, background_prompts=settings.background_prompts
         )
@@ -111,5 +135,37 @@ def build(models: RequestModels) -> APIRouter:
         )
         coarse = rendered[1] if req.return_coarse else None
         return RefineResponse(**image_meta(entry), mask=rendered[0], coarse=coarse, points=points)
+
+    @router.post(
+        "/everything",
+        response_model=EverythingResponse,
+        summary="Segment everything: SAM automatic masks (point grid), optionally labelled by the CLIP head",
+        description="`curl -F image=@x.jpg 'http://127.0.0.1:8000/segment/everything?labels=dog&labels=cat'`. "
+        "One encoder pass; grid points go through the SAM decoder in batches; predicted-IoU and stability "
+        "filters, box NMS. With labels, each mask's label comes from the CLIP patch embeddings pooled inside it.",
+        responses=RESPONSES,
+        openapi_extra=operation_doc(models.everything),
+    )
+    async def segment_all(
+        engine: EngineDep, ctx: ContextDep, settings: SettingsDep, req: Any = fill_everything
+    ) -> Any:
+        entry = await load(engine, req, ctx)
+        labels = await engine.text_embeddings(req.labels, ctx.timings, ctx.deadline) if req.labels else None
+        params = EverythingParams(
+            points_per_side=req.points_per_side, points_per_batch=settings.points_per_batch,
+            pred_iou_thresh=req.pred_iou_thresh, stability_score_thresh=req.stability_score_thresh,
+            box_nms_thresh=req.box_nms_thresh, max_masks=req.max_masks,
+        )  # fmt: skip
+        results = await engine.run(
+            segment_everything, engine.heads, entry, params, labels, req.labels, ctx.timings, ctx.deadline
+        )
+        if req.output == "png":
+            return await png_response(results, req, entry, ctx)
+        rendered = await masks_json(results, req, ctx)
+        masks = [
+            {**m, "stability_score": r.stability_score, "point": list(r.point), "label_score": r.label_score}
+            for m, r in zip(rendered, results, strict=True)
+        ]
+        return EverythingResponse(**image_meta(entry), masks=masks, labels=req.labels)
 
     return router
