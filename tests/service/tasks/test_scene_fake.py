@@ -14,6 +14,7 @@ from test_tasks_fake import FakeBackend
 
 from service.bundle import Bundle
 from service.engine import Engine
+from service.errors import DeadlineExceeded
 from service.images.source import ImageSource
 from service.metrics import Metrics
 from service.runtime.base import ClipOutput, DecoderOutput
@@ -167,3 +168,14 @@ async def test_instances_follow_the_request_order_of_texts(tiny_bundle, settings
     (call,) = backend.decoder_calls
     assert len(call["coords"]) == 2
     assert near(box_of(found[1].mask), (12.5, 25, 62, 74.5), 4) and found[0].mask.sum() > 10_000
+
+
+async def test_everything_stops_at_the_deadline(tiny_bundle, settings) -> None:
+    engine, backend, entry = await scene_engine(tiny_bundle, settings, [(LEFT, 0)])
+    params = EverythingParams(points_per_side=8, points_per_batch=16)
+    with pytest.raises(DeadlineExceeded):
+        await engine.run(
+            segment_everything, engine.heads, entry, params, None, None, Timings(), time.monotonic() - 1
+        )
+    await engine.stop()
+    assert backend.decoder_calls == [], "no decoder call once the deadline has passed"
