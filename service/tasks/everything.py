@@ -193,12 +193,14 @@ def _filter_batch(
 def _results(found: Candidates, keep: np.ndarray) -> list[EverythingMask]:
     scores, stability = found.stacked("scores", (), np.float32), found.stacked("stability", (), np.float32)
     points = found.stacked("points", (2,), np.float64)
+    masks = mask_utils.decode([found.rles[i] for i in keep]) if len(keep) else None  # (H, W, N) uint8
     out = []
-    for i in keep:
+    for n, i in enumerate(keep):
         score = float(scores[i]) if np.isfinite(scores[i]) else 0.0
+        assert masks is not None
         out.append(
             EverythingMask(
-                mask=mask_utils.decode(found.rles[i]).astype(bool),
+                mask=masks[:, :, n].astype(bool),
                 score=score,
                 iou_prediction=score,
                 stability_score=float(stability[i]) if np.isfinite(stability[i]) else 0.0,

@@ -121,18 +121,19 @@ async def test_matches_sam_automatic_mask_generator_tiny(
 
 
 def assert_matched(result: dict, params: EverythingParams) -> None:
-    """Every reference mask has a service mask with IoU >= 0.95, and the reverse, except for masks on a filter's
-    edge (ONNX Runtime and torch round differently: a score within 2e-3 or a stability within 1e-2 of the
-    threshold, at most 2 such)."""
-    assert result["reference_unmatched"] == [], result
-    edge = []
-    for i in result["service_unmatched"]:
-        score, stability = result["service_scores"][i], result["service_stability"][i]
-        edge.append(
-            abs(score - params.pred_iou_thresh) < 2e-3
-            or abs(stability - params.stability_score_thresh) < 1e-2
-        )
-    assert all(edge) and len(edge) <= 2, result
+    """Every mask of either side has a mask of the other with IoU >= 0.95, except masks on an edge where ONNX
+    Runtime and torch may round differently: a predicted IoU within 2e-3 or a stability within 1e-2 of its
+    threshold, or (box NMS on a knife's edge) a counterpart of IoU >= 0.9; at most max(2, 3%) per side."""
+    for side, other in (("service", "reference"), ("reference", "service")):
+        unmatched = result[f"{side}_unmatched"]
+        assert len(unmatched) <= max(2, 0.03 * result[f"{side}_masks"]), result
+        for i in unmatched:
+            score, stability = result[f"{side}_scores"][i], result[f"{side}_stability"][i]
+            assert (
+                abs(score - params.pred_iou_thresh) < 2e-3
+                or abs(stability - params.stability_score_thresh) < 1e-2
+                or result[f"{side}_best_iou"][i] >= 0.9
+            ), f"{side} mask {i} has no {other} counterpart: {result}"
 
 
 @pytest.mark.parametrize(
