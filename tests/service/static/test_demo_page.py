@@ -132,7 +132,7 @@ def test_upload_once_then_click_shift_click_and_box(opened: DemoPage, scene: Any
     assert len(demo.rec.sent("/embed")) == 1
 
 
-def test_text_segment_and_refine(opened: DemoPage) -> None:
+def test_text_segment_instances_and_refine(opened: DemoPage) -> None:
     demo = opened
     demo.page.fill("[data-testid=text-input]", "blue circle, red square")
     demo.page.click("[data-testid=segment-text]")
@@ -142,6 +142,15 @@ def test_text_segment_and_refine(opened: DemoPage) -> None:
     rows = demo.page.locator("[data-testid=mask-row]").all_inner_texts()
     assert "blue circle" in rows[0] and "red square" in rows[1]
 
+    demo.page.select_option("[data-testid=text-mode]", "instances")
+    demo.page.fill("[data-testid=text-input]", "square")
+    demo.page.click("[data-testid=segment-text]")
+    (request,), masks = check_overlay(demo, "/segment")
+    assert httpx.URL(request.url).params["instances"] == "true"
+    assert len(masks) >= 2 and all(m["label"] == "square" for m in masks)  # the blue and the red square
+    assert sorted(m["instance"] for m in masks) == list(range(len(masks)))
+
+    demo.page.fill("[data-testid=text-input]", "blue circle, red square")
     demo.page.select_option("[data-testid=text-mode]", "refine")
     demo.page.click("[data-testid=segment-text]")
     requests, _ = check_overlay(demo, "/segment/refine")
