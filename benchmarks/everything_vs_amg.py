@@ -1,13 +1,13 @@
-"""Segment-everything (service/tasks/everything.py) against segment_anything's SamAutomaticMaskGenerator on the
-same weights, the same image and the same parameters (single crop): masks matched and time per image.
+"""Segment-everything (service/tasks/everything.py) against segment_anything's SamAutomaticMaskGenerator on
+the same weights, the same image and the same parameters (single crop): masks matched and time per image.
 
     python benchmarks/everything_vs_amg.py --bundle training/demo_bundle [--size 512] [--points-per-side 32]
         [--pred-iou-thresh 0.88] [--stability-score-thresh 0.95] [--box-nms-thresh 0.7] [--json out.json]
-    python benchmarks/everything_vs_amg.py --tiny        # random-init `tiny` exported here, torch Sam reference
+    python benchmarks/everything_vs_amg.py --tiny    # random-init `tiny` exported here, torch Sam reference
 
 Reference model:
-- `--tiny`: segment_anything's own torch `Sam` built with the tiny hyper-parameters and the same random weights
-  that were exported to the bundle the service runs (tests/service/tasks/test_parity.py does the same).
+- `--tiny`: segment_anything's own torch `Sam` built with the tiny hyper-parameters and the same random
+  weights that were exported to the bundle the service runs (as tests/service/tasks/test_parity.py does).
 - `--bundle DIR`: no torch checkpoint ships with a bundle, so the reference `Sam` wraps the bundle's own ONNX
   encoder and decoder graphs (ONNX Runtime, fp32 graphs, no variant) as its image_encoder / prompt_encoder /
   mask_decoder; SamPredictor's preprocessing, Sam.postprocess_masks (torch interpolate) and the whole
@@ -72,9 +72,9 @@ def bundle_sam(backend: Any, image_size: int, pixel_mean: Any, pixel_std: Any) -
                     multimask_output):  # fmt: skip
             coords, labels = sparse_prompt_embeddings
             count, grid = len(coords), 4 * image_embeddings.shape[-1]
+            masks, has_mask = np.zeros((count, 1, grid, grid), np.float32), np.zeros((count,), np.float32)
             out = backend.decode(image_embeddings.numpy(), coords.numpy().astype(np.float32),
-                                 labels.numpy().astype(np.float32), np.zeros((count, 1, grid, grid), np.float32),
-                                 np.zeros((count,), np.float32))  # fmt: skip
+                                 labels.numpy().astype(np.float32), masks, has_mask)  # fmt: skip
             pick = slice(1, None) if multimask_output else slice(0, 1)
             return torch.from_numpy(out.low_res_masks[:, pick]), torch.from_numpy(
                 out.iou_predictions[:, pick]
@@ -132,19 +132,25 @@ async def compare(engine: Any, sam: Any, data: bytes, params: Any) -> dict[str, 
     ref = generator.generate(rgb)[: params.max_masks]
     t4 = time.perf_counter()
     ref_best, ours_best = best_iou([m.mask for m in ours], [r["segmentation"] for r in ref])
-    ref_ok, ours_ok = ref_best >= MATCH_IOU, ours_best >= MATCH_IOU
-    return {
-        "image": [int(rgb.shape[1]), int(rgb.shape[0])], "params": dataclasses.asdict(params), "service_masks": len(ours), "reference_masks": len(ref),
-        "reference_matched": int(ref_ok.sum()), "service_matched": int(ours_ok.sum()), "service_s": round(t2 - t1, 4),
-        "service_encode_s": round(t1 - t0, 4), "reference_s": round(t4 - t3, 4),
-        "reference_over_service": round((t4 - t3) / max(t2 - t1, 1e-9), 2),
-        "service_scores": [round(m.score, 4) for m in ours],
-        "reference_scores": [round(r["predicted_iou"], 4) for r in ref],
-        "service_stability": [round(m.stability_score, 4) for m in ours],
-        "reference_stability": [round(r["stability_score"], 4) for r in ref],
-        "service_best_iou": ours_best.round(4).tolist(), "reference_best_iou": ref_best.round(4).tolist(),
-        "service_unmatched": np.flatnonzero(~ours_ok).tolist(), "reference_unmatched": np.flatnonzero(~ref_ok).tolist(),
-    }  # fmt: skip
+    ours_side = {"masks": len(ours), "scores": [m.score for m in ours],
+                 "stability": [m.stability_score for m in ours], "best_iou": ours_best}  # fmt: skip
+    ref_side = {"masks": len(ref), "scores": [r["predicted_iou"] for r in ref],
+                "stability": [r["stability_score"] for r in ref], "best_iou": ref_best}  # fmt: skip
+    out: dict[str, Any] = {
+        "image": [int(rgb.shape[1]), int(rgb.shape[0])],
+        "params": dataclasses.asdict(params),
+    }
+    for name, side in (("service", ours_side), ("reference", ref_side)):
+        best = np.asarray(side["best_iou"])
+        out[f"{name}_masks"] = side["masks"]
+        out[f"{name}_matched"] = int((best >= MATCH_IOU).sum())
+        out[f"{name}_unmatched"] = np.flatnonzero(best < MATCH_IOU).tolist()
+        for key in ("scores", "stability", "best_iou"):
+            out[f"{name}_{key}"] = [round(float(v), 4) for v in side[key]]
+    seconds = {"service_s": t2 - t1, "service_encode_s": t1 - t0, "reference_s": t4 - t3}
+    out.update({k: round(v, 4) for k, v in seconds.items()})
+    out["reference_over_service"] = round(seconds["reference_s"] / max(seconds["service_s"], 1e-9), 2)
+    return out
 
 
 async def start_engine(bundle_path: Path, **overrides: Any) -> Any:
@@ -185,8 +191,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         from model_export.export_onnx import export_bundle
 
         model, bundle_path = build_model("tiny", seed=0), Path(tempfile.mkdtemp()) / "tiny"
-        export_bundle(model, load_config("tiny"), bundle_path, {"random_init": True, "seed": 0, "sources": []},
-                      progress=False)  # fmt: skip
+        provenance = {"random_init": True, "seed": 0, "sources": []}
+        export_bundle(model, load_config("tiny"), bundle_path, provenance, progress=False)
     params = EverythingParams(
         points_per_side=args.points_per_side, points_per_batch=64, pred_iou_thresh=args.pred_iou_thresh,
         stability_score_thresh=args.stability_score_thresh, box_nms_thresh=args.box_nms_thresh,

@@ -239,15 +239,15 @@ def build_request_models(settings: Any) -> RequestModels:
 
 
 def _everything(settings: Any, output: type[ImageRequest], text: Any) -> type[ImageRequest]:
-    """POST /segment/everything: SamAutomaticMaskGenerator's knobs bounded by the settings, optional labels."""
+    """POST /segment/everything: SamAutomaticMaskGenerator's knobs, bounded by the settings; labels."""
     side, masks = settings.max_points_per_side, settings.max_everything_masks
 
     def unit(default: float, what: str) -> Any:
         return Field(default, ge=0.0, le=1.0, description=what)
 
     class EverythingRequest(output):  # type: ignore[valid-type,misc]
-        QUERY = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh", "max_masks",
-                 "labels", "format", "index")  # fmt: skip
+        QUERY = ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "box_nms_thresh",
+                 "max_masks", "labels", "format", "index")  # fmt: skip
         points_per_side: int = Field(
             min(settings.everything_points_per_side, side), ge=1, le=side,
             description="Point grid side: n x n single-point prompts over the image.",
@@ -261,8 +261,8 @@ def _everything(settings: Any, output: type[ImageRequest], text: Any) -> type[Im
         labels: Annotated[
             list[text] | None,  # type: ignore[valid-type]
             Field(max_length=settings.max_labels, json_schema_extra={"uniqueItems": True},
-                  description=f"0..{settings.max_labels} unique candidate labels (repeat the parameter); every "
-                  "mask gets the best one from the CLIP head's features pooled inside it."),
+                  description=f"0..{settings.max_labels} unique candidate labels (repeat the parameter); "
+                  "every mask gets the best one from the CLIP head's features pooled inside it."),
             AfterValidator(_unique_or_none),
         ] = None  # fmt: skip
 

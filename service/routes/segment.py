@@ -140,9 +140,9 @@ def build(models: RequestModels) -> APIRouter:
         "/everything",
         response_model=EverythingResponse,
         summary="Segment everything: SAM automatic masks (point grid), optionally labelled by the CLIP head",
-        description="`curl -F image=@x.jpg 'http://127.0.0.1:8000/segment/everything?labels=dog&labels=cat'`. "
-        "One encoder pass; grid points go through the SAM decoder in batches; predicted-IoU and stability "
-        "filters, box NMS. With labels, each mask's label comes from the CLIP patch embeddings pooled inside it.",
+        description="`curl -F image=@x.jpg 'http://127.0.0.1:8000/segment/everything?labels=dog&labels=cat'`."
+        " One encoder pass; grid points go through the SAM decoder in batches; predicted-IoU and stability "
+        "filters, box NMS. With labels, each mask's label comes from the CLIP patch embeddings pooled in it.",
         responses=RESPONSES,
         openapi_extra=operation_doc(models.everything),
     )

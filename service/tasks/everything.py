@@ -4,8 +4,8 @@ pass; optionally every mask gets an open-vocabulary label from the CLIP head's d
 
 1. Point grid (ORIGINAL px [x, y]): with n = points_per_side, point (i, j) = ((j + 0.5) / n * W,
    (i + 0.5) / n * H), row-major (y outer) — SAM's build_point_grid scaled by the image size.
-2. Batches of `points_per_batch` grid points, ONE decoder call each: K prompts of one positive point (mapped to
-   the INPUT frame) plus SAM's padding point; SAM's three multimask outputs (decoder outputs 1..3) per point.
+2. Batches of `points_per_batch` grid points, ONE decoder call each: K prompts of one positive point (mapped
+   to the INPUT frame) plus SAM's padding point; SAM's 3 multimask outputs (decoder outputs 1..3) per point.
 3. Filters, in SAM's order, per candidate mask:
    - predicted IoU > pred_iou_thresh (no filter when it is 0);
    - the low-res logits upscaled to ORIGINAL size (Heads' postprocessing == Sam.postprocess_masks);
@@ -15,8 +15,8 @@ pass; optionally every mask gets an open-vocabulary label from the CLIP head's d
    Survivors are held as COCO RLE (pycocotools), so memory stays small whatever the image size.
 4. Box NMS over all survivors ranked by predicted IoU (cv2.dnn.NMSBoxes): a box whose IoU with a better kept
    box is > box_nms_thresh is dropped; IoU uses areas (x1 - x0) * (y1 - y0), as torchvision's batched_nms in
-   SAM; boxes of zero area, which torchvision neither suppresses nor lets suppress, are all kept. The result is
-   ordered by predicted IoU descending and cut to `max_masks`.
+   SAM; boxes of zero area, which torchvision neither suppresses nor lets suppress, are all kept. The result
+   is ordered by predicted IoU descending and cut to `max_masks`.
 5. With labels: see service/tasks/labels.py (mask-pooled CLIP patch embeddings vs the labels' embeddings).
 """
 
@@ -101,7 +101,7 @@ def stability_scores(logits: np.ndarray) -> np.ndarray:
 
 
 def mask_boxes(masks: np.ndarray) -> np.ndarray:
-    """masks (C, H, W) bool -> (C, 4) int64 [x0, y0, x1, y1] inclusive pixel indices; [0, 0, 0, 0] if empty."""
+    """masks (C, H, W) bool -> (C, 4) int64 [x0, y0, x1, y1], inclusive pixel indices; zeros when empty."""
     rows, cols = masks.any(axis=2), masks.any(axis=1)
     height, width = masks.shape[1:]
     boxes = np.stack(

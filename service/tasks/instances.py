@@ -55,9 +55,9 @@ class Component:
 def winner_probability(
     logits: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], image_size: int
 ) -> np.ndarray:
-    """logits (C, h, w) -> (H, W) float32: at every ORIGINAL pixel the softmax probability (over all C classes)
-    of the class with the highest logit there — inside text t's mask, the probability of t. One streaming pass
-    over the classes (running maximum and rescaled sum), CLASS_CHUNK full-size maps at a time."""
+    """logits (C, h, w) -> (H, W) float32: at every ORIGINAL pixel the softmax probability (over all C
+    classes) of the class with the highest logit there (inside text t's mask: the probability of t). One
+    streaming pass over the classes (running maximum, rescaled sum), CLASS_CHUNK full-size maps at a time."""
     best: np.ndarray | None = None
     total: np.ndarray | None = None
     for start in range(0, logits.shape[0], CLASS_CHUNK):

@@ -54,7 +54,7 @@ def label_masks(
     logit_scale: float,
     image_size: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """label_embeddings (L, D) L2-normalised -> (best label index (M,) int64, its probability (M,) float32)."""
+    """label_embeddings (L, D) L2-normalised -> (best label index (M,) int64, its probability (M,) f32)."""
     pooled = pooled_embeddings(cells, anchors, patch_embeddings, image_size)
     logits = np.float32(logit_scale) * (pooled @ label_embeddings.astype(np.float32).T)
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
