@@ -4,12 +4,14 @@ encoder pass per image whatever is asked of it."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from support import png_bytes, wait_status
 
 from service.main import create_app
@@ -19,6 +21,7 @@ from service.settings import Settings
 W, H = 120, 80
 PNG = {"Content-Type": "image/png"}
 RUNS = "samclip_encoder_runs_total"
+DEMO_BUNDLE = Path(__file__).resolve().parents[3] / "training" / "demo_bundle"
 LOOSE = "points_per_side=8&pred_iou_thresh=0&stability_score_thresh=0&box_nms_thresh=0.9"
 """Random weights: SAM's default thresholds leave nothing, so the tests loosen them."""
 
@@ -157,3 +160,54 @@ def test_text_instances(client: TestClient) -> None:
     assert too_many.status_code == 422
     decoded = [decode_rle(m["segmentation"]) for m in masks]
     assert all(d.shape == (H, W) for d in decoded) and np.any([d.any() for d in decoded])
+
+
+@pytest.fixture(scope="module")
+def demo_client() -> Iterator[TestClient]:
+    """The committed demo bundle (trained on the procedural shapes)."""
+    with TestClient(create_app(Settings(bundle=DEMO_BUNDLE))) as c:
+        assert wait_status(c, {"ready", "failed"})["status"] == "ready"
+        yield c
+
+
+def scene_png(seed: int):
+    from training.data.shapes import make_scene
+
+    scene = make_scene(seed, size=256, min_objects=3, max_objects=5)
+    buf = io.BytesIO()
+    Image.fromarray(scene.image).save(buf, format="PNG")
+    return scene, buf.getvalue()
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum()))
+
+
+@pytest.mark.parametrize("seed", [101, 104])
+def test_demo_bundle_one_instance_per_object_and_labelled_everything(
+    demo_client: TestClient, seed: int
+) -> None:
+    """Trained weights: every object of a scene is one instance of its caption, and segment-everything finds
+    the objects and labels them with their captions."""
+    scene, data = scene_png(seed)
+    captions = sorted({obj.caption for obj in scene.instances})
+    r = demo_client.post(
+        "/segment", params={"text": captions, "instances": "true"}, content=data, headers=PNG
+    )
+    assert r.status_code == 200, r.text
+    found = [(m["label"], decode_rle(m["segmentation"])) for m in r.json()["masks"]]
+    assert len(found) == len(scene.instances)
+    for obj in scene.instances:
+        assert max(iou(obj.mask, mask) for label, mask in found if label == obj.caption) >= 0.5
+    labels = [
+        f"a {color} {shape}"
+        for color in ("red", "green", "blue")
+        for shape in ("circle", "square", "triangle")
+    ]
+    everything = demo_client.post("/segment/everything", params={"labels": labels}, content=data, headers=PNG)
+    masks = [(m["label"], decode_rle(m["segmentation"])) for m in everything.json()["masks"]]
+    hits = [max((iou(obj.mask, mask), label) for label, mask in masks) for obj in scene.instances]
+    assert sum(best >= 0.5 for best, _ in hits) >= len(scene.instances) - 1
+    assert all(
+        label == obj.caption for (best, label), obj in zip(hits, scene.instances, strict=True) if best >= 0.5
+    )
