@@ -1,6 +1,9 @@
-"""Renderers: masks -> COCO RLE (pycocotools), polygons (OpenCV contours), PNG (Pillow), bbox and area.
+"""Renderers: masks -> COCO RLE (pycocotools), polygons (OpenCV contours), PNG (OpenCV), bbox and area.
 
-All masks are (H, W) bool at ORIGINAL image size; coordinates are pixels [x, y] with x along W.
+All masks are (H, W) bool at ORIGINAL image size, in C or Fortran order (the tasks' fast postprocessing
+yields Fortran order, i.e. column-major, COCO RLE's own order); coordinates are pixels [x, y] with x along W.
+RLE, bbox and area read a C- or F-contiguous mask in place (a uint8 view, no copy); PNG and polygons need
+row-major pixels and transpose an F-ordered mask once.
 - RLE: COCO compressed RLE, column-major as pycocotools defines it: {"size": [H, W], "counts": str}.
 - Polygon: outer contours only (`cv2.RETR_EXTERNAL`, `CHAIN_APPROX_SIMPLE`), each a flat [x0, y0, x1, y1, ...]
   list of pixel-centre coordinates; holes are not represented and contours of fewer than 3 points (single
@@ -15,13 +18,11 @@ All masks are (H, W) bool at ORIGINAL image size; coordinates are pixels [x, y] 
 
 from __future__ import annotations
 
-import io
 from typing import Any
 from urllib.parse import quote
 
 import cv2
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 from service.errors import NotFound
@@ -32,9 +33,17 @@ from service.tasks.results import MaskResult
 MASK_FORMATS = ("rle", "polygon")
 
 
+def _uint8(mask: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(H, W) bool -> (C-contiguous uint8 0/1 view of the mask, or of its transpose when the mask is in
+    Fortran order; transposed?). A copy only for a mask that is neither C- nor F-contiguous."""
+    if mask.flags.f_contiguous and not mask.flags.c_contiguous:
+        return mask.T.view(np.uint8), True
+    return np.ascontiguousarray(mask, dtype=bool).view(np.uint8), False
+
+
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:
     """(H, W) bool -> {"size": [H, W], "counts": str} (COCO compressed RLE)."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle = mask_utils.encode(np.asfortranarray(mask, dtype=bool).view(np.uint8))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
@@ -48,31 +57,36 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     return mask_utils.decode(coco).astype(bool)
 
 
+def _row_major(mask: np.ndarray) -> np.ndarray:
+    """(H, W) bool -> (H, W) uint8 0/1, C-contiguous (a view, or one transpose of an F-ordered mask)."""
+    pixels, transposed = _uint8(mask)
+    return cv2.transpose(pixels) if transposed else pixels
+
+
 def encode_polygon(mask: np.ndarray) -> list[list[float]]:
     """(H, W) bool -> list of flat [x0, y0, x1, y1, ...] outer contours (see module docstring)."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(_row_major(mask), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     return [c.reshape(-1).astype(float).tolist() for c in contours if len(c) >= 3]
 
 
 def encode_png(mask: np.ndarray) -> bytes:
-    """(H, W) bool -> PNG bytes, mode L, 255 = mask."""
-    buf = io.BytesIO()
-    Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
+    """(H, W) bool -> PNG bytes, 8-bit greyscale, 255 = mask."""
+    ok, data = cv2.imencode(".png", _row_major(mask) * np.uint8(255))
+    if not ok:  # pragma: no cover - OpenCV always has its PNG codec
+        raise RuntimeError("OpenCV could not encode the mask as PNG")
+    return data.tobytes()
 
 
 def mask_bbox(mask: np.ndarray) -> list[int]:
     """(H, W) bool -> [x, y, w, h]; [0, 0, 0, 0] for an empty mask."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return [0, 0, 0, 0]
-    cols = np.flatnonzero(mask.any(axis=0))
-    return [int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)]
+    pixels, transposed = _uint8(mask)
+    x, y, w, h = (int(v) for v in cv2.boundingRect(pixels))
+    return [y, x, h, w] if transposed else [x, y, w, h]
 
 
 def mask_area(mask: np.ndarray) -> int:
     """Number of mask pixels."""
-    return int(np.count_nonzero(mask))
+    return int(cv2.countNonZero(_uint8(mask)[0]))
 
 
 def mask_to_json(result: MaskResult, fmt: str = "rle", logits: bool = False) -> dict[str, Any]:

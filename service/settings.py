@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     openvino_graph_precision: dict[str, str] = Field(
         default_factory=dict, description='Per-graph OpenVINO precision, JSON e.g. {"sam_decoder": "f32"}.'
     )
+    decoder_variant: str = Field(
+        "auto",
+        description="SAM decoder graph: auto (the bundle's best passing decoder variant for the backend's runtime, "
+        "e.g. `fused`), none (the graph `variant` gives), or a variant name. Independent of `variant`.",
+    )
 
     # --- batching, queueing, deadlines ---------------------------------------------------------------------
     max_batch_size: int = Field(4, ge=1, description="Most images in one encoder batch.")
@@ -123,6 +128,11 @@ class Settings(BaseSettings):
     )
     memory_limit_bytes: int = Field(
         0, ge=0, description="Memory limit of this process; 0 = cgroup memory.max (none: 2 GiB cache)."
+    )
+    cache_dtype: Literal["float32", "float16"] = Field(
+        "float16",
+        description="dtype of the cached SAM embedding and CLIP dense features (memory and shared tier): float16 "
+        "halves an entry (ViT-B: 8.4 MB instead of 16.8 MB) within the parity gates; float32 keeps the encoder's.",
     )
     text_cache_entries: int = Field(
         4096, ge=0, description="Entries in the text-embedding LRU cache (0 = off)."

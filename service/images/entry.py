@@ -3,10 +3,17 @@
 `ImageEntry` fields (S = model input size, h = w = S / patch, C = SAM channels, W = encoder width, D = CLIP dim):
 - image_id: sha256 hex of the uploaded bytes; width, height: ORIGINAL size after EXIF orientation;
 - input_size: (new_h, new_w) after resize-longest-side to S (the rest of the S x S input is padding);
-- image_embeddings: (1, C, h, w) float32, SAM decoder input, always kept;
-- memo (shared by every copy of the entry): patch_tokens (1, h, w, W) until the CLIP head has run, then the
-  CLIP outputs (image_embedding (1, D), patch_embeddings (1, h, w, D)), and the patch tokens are dropped;
+- image_embeddings: (1, C, h, w) in the cache dtype, SAM decoder input (cast to float32 per call), always kept;
+- memo (shared by every copy of the entry): patch_tokens (1, h, w, W) in the cache dtype until the CLIP head has
+  run, then the CLIP outputs (image_embedding (1, D) float32, patch_embeddings (1, h, w, D) in the cache
+  dtype), and the patch tokens are dropped;
 - cached: this request found the entry in a cache tier (per request: copies are made with `for_request`).
+
+Cache dtype (setting `cache_dtype`, `new_entry`): "float16" stores the SAM embedding and the CLIP dense
+features (or the patch tokens before them) as float16: a ViT-B image takes 8.4 MB instead of 16.8 MB, in the
+memory tier and in a shared tier alike (an entry keeps its dtype through `to_bytes`); "float32" keeps the
+encoder's precision. The parity of float16 storage against float32 (masks, text masks) is measured by
+benchmarks/service_latency.py.
 
 `to_bytes` / `from_bytes` serialise an entry for a shared tier without pickle: an uncompressed `.npz` whose
 arrays carry their dtype and shape, read back with `allow_pickle=False`.
@@ -25,6 +32,7 @@ import numpy as np
 from service.runtime.base import ClipOutput
 
 ENTRY_OVERHEAD_BYTES = 512
+CACHE_DTYPES = ("float32", "float16")
 
 
 @dataclass
@@ -66,6 +74,28 @@ class ImageEntry:
     def for_request(self, cached: bool) -> ImageEntry:
         """A copy for one request (shares arrays and memo) with its own `cached` flag."""
         return dataclasses.replace(self, cached=cached)
+
+
+def new_entry(
+    image_id: str,
+    size: tuple[int, int],
+    input_size: tuple[int, int],
+    image_embeddings: np.ndarray,
+    patch_tokens: np.ndarray,
+    dtype: str = "float32",
+) -> ImageEntry:
+    """A fresh entry from one encoder pass: size (width, height) ORIGINAL; image_embeddings (1, C, h, w) and
+    patch_tokens (1, h, w, W) are stored C-contiguous in `dtype` (one of CACHE_DTYPES)."""
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"cache dtype {dtype!r}: expected one of {CACHE_DTYPES}")
+    return ImageEntry(
+        image_id=image_id,
+        width=size[0],
+        height=size[1],
+        input_size=input_size,
+        image_embeddings=np.ascontiguousarray(image_embeddings, dtype),
+        memo=Memo(patch_tokens=np.ascontiguousarray(patch_tokens, dtype)),
+    )
 
 
 def to_bytes(entry: ImageEntry) -> bytes:

@@ -31,7 +31,7 @@ import numpy as np
 from service.errors import InferenceFailed, NotFound
 from service.images.admission import DecodeGate, decode_slots
 from service.images.decode import decode_image
-from service.images.entry import ImageEntry, Memo
+from service.images.entry import ImageEntry, new_entry
 from service.images.source import ImageSource
 from service.images.tiers import EmbeddingTier, MemoryTier
 from service.images.transforms import preprocess
@@ -191,13 +191,13 @@ class ImageStore:
         self.metrics.encoder_runs.inc(len(items))
         entries = []
         for i, item in enumerate(items):
-            entry = ImageEntry(
-                image_id=item.key,
-                width=item.width,
-                height=item.height,
-                input_size=item.input_size,
-                image_embeddings=np.ascontiguousarray(out.image_embeddings[i : i + 1], np.float32),
-                memo=Memo(patch_tokens=np.ascontiguousarray(out.patch_tokens[i : i + 1], np.float32)),
+            entry = new_entry(
+                item.key,
+                (item.width, item.height),
+                item.input_size,
+                out.image_embeddings[i : i + 1],
+                out.patch_tokens[i : i + 1],
+                getattr(self.settings, "cache_dtype", "float32"),
             )
             self.memory.store(item.key, entry)
             entries.append(entry)

@@ -12,11 +12,25 @@ Equivalences (verified in tests/service/pipeline/test_transforms.py against segm
 - `preprocess` == `Sam.preprocess` ((x - mean) / std in float32, zero pad bottom/right) bit for bit.
 - `postprocess_masks` == `Sam.postprocess_masks` (bilinear, align_corners=False, to S x S -> crop -> bilinear
   to (H, W)) using `cv2.resize(..., INTER_LINEAR)` on float32, which samples at the same half-pixel centres.
+
+Decisions at original size, straight to the layout COCO RLE reads (the fast path; `postprocess_masks` + `> 0`
+/ argmax is the plain one, and tests/service/images/test_transforms.py compares them):
+- `upscale_to_input` does the first resize only over the rows/columns the crop keeps (same values);
+- `upsample_decision` resizes the last step (input frame -> original) of the TRANSPOSED maps, so the decision
+  comes out as (H, W) in Fortran order (column-major, COCO RLE's order: encoded without another pass):
+  one map (a SAM mask, or text vs one background prompt as their difference) in one OpenCV call and `> 0`,
+  one (H, W) float map at a time. Several maps (several texts): the per-pixel first argmax; when the argmax
+  changes between few neighbouring source samples (smooth maps), as two 1-D passes that resample only the
+  pixels between samples that disagree (bilinear weights are non-negative and shared by every map, so a pixel
+  whose two source samples carry the same decision keeps it): work beyond the output then scales with the
+  length of the boundaries, not with the image.
+  Both may differ from the plain path only where a value is within float32 rounding of the decision threshold.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -108,3 +122,135 @@ def postprocess_masks(
     full = resize_bilinear(low_res, (image_size, image_size))
     cropped = full[:, : input_size[0], : input_size[1]]
     return resize_bilinear(cropped, original_size)
+
+
+# --- fast path: decisions at original size (module docstring) ----------------------------------------------
+@dataclass(frozen=True)
+class LinearAxis:
+    """1-D bilinear resampling of n_in samples to n_out (half-pixel centres, edge clamping, as cv2 / torch):
+    out[i] = (1 - w[i]) * src[lo[i]] + w[i] * src[hi[i]]. lo, hi: (n_out,) int64; w: (n_out,) float32."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    w: np.ndarray
+
+    @classmethod
+    def of(cls, n_in: int, n_out: int) -> LinearAxis:
+        src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return cls(lo, hi, np.where(hi > lo, src - lo, 0.0).astype(np.float32))
+
+    def at(self, maps: np.ndarray, rows: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """maps (C, A, n_in): resampled values at (rows, idx) pairs of (A, n_out) -> (C, len(rows)) float32."""
+        flat = maps.reshape(len(maps), -1)
+        base = rows * maps.shape[2]
+        w = self.w[idx]
+        lo = np.take(flat, base + self.lo[idx], axis=1)
+        return lo + w * (np.take(flat, base + self.hi[idx], axis=1) - lo)
+
+
+def upscale_to_input(maps: np.ndarray, input_size: tuple[int, int], image_size: int) -> np.ndarray:
+    """maps (C, g, g) over the padded S x S input -> (C, new_h, new_w) float32 == resize_bilinear to (S, S)
+    cropped to input_size, resizing only the source rows / columns the crop reads (one more than it needs, so
+    edge clamping never differs)."""
+    grid = maps.shape[-1]
+    keep = [min(grid, -(-size * grid // image_size) + 1) for size in input_size]
+    block = np.ascontiguousarray(maps[:, : keep[0], : keep[1]], dtype=np.float32)
+    scale = image_size // grid
+    full = resize_bilinear(block, (keep[0] * scale, keep[1] * scale))
+    return full[:, : input_size[0], : input_size[1]]
+
+
+BAND_DENSITY = 0.02  # measured: above it, resampling every pixel is faster (benchmarks/service_latency.py)
+
+
+def decide(values: np.ndarray) -> np.ndarray:
+    """The per-pixel decision over C maps, values (C, n) -> (n,): C = 1: `> 0` (bool); C > 1: the FIRST argmax
+    (uint8, C <= 255)."""
+    if len(values) == 1:
+        return values[0] > 0
+    return np.argmax(values, axis=0).astype(np.uint8)
+
+
+def _readers(axis: LinearAxis, samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every output index i of `axis` whose first source sample lo[i] is in `samples` (the outputs between
+    samples s and s + 1): (position in `samples`, i), both (n,) int64."""
+    start = np.searchsorted(axis.lo, samples, "left")
+    reps = np.searchsorted(axis.lo, samples, "right") - start
+    owner = np.repeat(np.arange(len(samples)), reps)
+    return owner, np.repeat(start, reps) + np.arange(len(owner)) - np.repeat(np.cumsum(reps) - reps, reps)
+
+
+def _transposed(maps: np.ndarray) -> np.ndarray:
+    """(C, h, w) -> (C, w, h) float32, C-contiguous (OpenCV's blocked transpose)."""
+    return np.stack([cv2.transpose(np.ascontiguousarray(m, dtype=np.float32)) for m in maps])
+
+
+def _dense(src: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Every pixel resampled: src (C, w, h) transposed maps -> decision (W, H), one (W, H) float map at a time
+    (running first argmax over the maps)."""
+    height, width = size
+    best = cv2.resize(src[0], (height, width), interpolation=cv2.INTER_LINEAR)
+    if len(src) == 1:
+        return best > 0
+    winner = np.zeros(best.shape, np.uint8)
+    for c in range(1, len(src)):
+        value = cv2.resize(src[c], (height, width), interpolation=cv2.INTER_LINEAR)
+        better = value > best
+        np.copyto(winner, np.uint8(c), where=better)
+        np.copyto(best, value, where=better)
+    return winner
+
+
+def upsample_decision(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`decide` of the bilinear resize of maps (C, h, w) float32 to size (H, W), as an (H, W) array in Fortran
+    order (a transposed view of a C-contiguous (W, H) array). One map: resized in one OpenCV call straight to
+    the transposed layout, then `> 0`. Several: when their decision changes between fewer than
+    BAND_DENSITY of the neighbouring source samples, only the pixels between samples that disagree are
+    resampled (`_banded`); else every pixel, one float map at a time (`_dense`)."""
+    src = _transposed(maps)  # (C, w, h): source column k is row k
+    if len(src) == 1:
+        return _dense(src, size).T
+    labels = decide(src.reshape(len(src), -1)).reshape(src.shape[1:])  # (w, h)
+    across = labels[:-1] != labels[1:]  # (w - 1, h): neighbouring source columns that disagree
+    if np.count_nonzero(across) > BAND_DENSITY * across.size:
+        return _dense(src, size).T
+    return _banded(src, labels, across, size).T
+
+
+def _banded(src: np.ndarray, labels: np.ndarray, across: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Decision (W, H) from the transposed maps src (C, w, h) and their decision `labels` (w, h), resampling
+    only where neighbouring samples disagree (`across`: along w; module docstring)."""
+    height = size[0]
+    ay, ax = LinearAxis.of(src.shape[2], height), LinearAxis.of(src.shape[1], size[1])
+    # pass 1, along the height: (w, h) -> (w, H); exact between source rows that disagree
+    mid = np.take(labels, ay.lo, axis=1)
+    flat = mid.reshape(-1)
+    ks, rows = np.nonzero(labels[:, :-1] != labels[:, 1:])
+    owner, ys = _readers(ay, rows)
+    ks = ks[owner]
+    flat[ks * height + ys] = decide(ay.at(src, ks, ys))
+    # pass 2, along the width: (w, H) -> (W, H); pairs of columns that may disagree: where the source does,
+    # or next to a pixel pass 1 computed
+    kk, rows = np.nonzero(across)
+    owner, yy = _readers(ay, rows)
+    k2, y2 = np.concatenate([kk[owner], ks - 1, ks]), np.concatenate([yy, ys, ys])
+    at = k2 * height + y2
+    keep = (k2 >= 0) & (k2 < len(labels) - 1)
+    keep[keep] = flat[at[keep]] != flat[at[keep] + height]
+    owner, xs = _readers(ax, k2[keep])
+    k2, y2 = k2[keep][owner], y2[keep][owner]
+    out = mid[ax.lo]
+    if len(xs):
+        below, above = ay.at(src, k2, y2), ay.at(src, k2 + 1, y2)
+        out.reshape(-1)[xs * height + y2] = decide(below + ax.w[xs] * (above - below))
+    return out
+
+
+def postprocess_decision(
+    low_res: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], image_size: int
+) -> np.ndarray:
+    """The fast path of `decide(postprocess_masks(...))`: low_res (C, g, g) logits over the padded input ->
+    (H, W) decision at ORIGINAL size, Fortran order: for C = 1 the SAM mask `logits > 0`."""
+    return upsample_decision(upscale_to_input(low_res, input_size, image_size), original_size)

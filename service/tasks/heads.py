@@ -1,6 +1,13 @@
 """What the tasks run on a cached entry: the CLIP head (memoised per entry), the SAM decoder, and the mask
 post-processing to the original size. Blocking calls: tasks run in a worker thread, never on the event loop.
 The backend serialises calls per graph itself, so several tasks may call these at once.
+
+Mask post-processing (`masks`): the fast path `postprocess_decision` (service/images/transforms.py) decides
+`logits > 0` at original size without original-size float logits; the result is (H, W) bool in Fortran order.
+`plain_masks` is the plain path (`postprocess_masks(...) > 0`, == segment_anything's
+`Sam.postprocess_masks(...) > 0`), kept as the reference the tests compare the fast one with.
+Cached arrays may be float16 (setting `cache_dtype`): the CLIP dense features are stored in the dtype of the
+entry's patch tokens.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import numpy as np
 
 from service.errors import InferenceFailed
 from service.images.entry import ImageEntry
-from service.images.transforms import postprocess_masks
+from service.images.transforms import postprocess_decision, postprocess_masks
 from service.runtime.base import ClipOutput, DecoderOutput
 from service.tasks.results import MaskResult
 from service.timing import Timings
@@ -30,13 +37,18 @@ class Heads:
         self._on_update = on_update
 
     def clip(self, entry: ImageEntry, timings: Timings) -> ClipOutput:
-        """CLIP outputs of the entry: image_embedding (1, D), patch_embeddings (1, h, w, D), L2-normalised.
-        Computed once per entry (then the patch tokens, needed by nothing else, are dropped)."""
+        """CLIP outputs of the entry: image_embedding (1, D) float32, patch_embeddings (1, h, w, D) in the cache
+        dtype, L2-normalised. Computed once per entry (then the patch tokens, needed by nothing else, are
+        dropped)."""
         memo = entry.memo
         if memo.clip is None:
             with timings.measure("head"), memo.lock:
                 if memo.clip is None:
-                    memo.clip = self.backend.clip_head(memo.patch_tokens)
+                    dtype = memo.patch_tokens.dtype  # the entry's cache dtype
+                    out = self.backend.clip_head(memo.patch_tokens)
+                    memo.clip = ClipOutput(
+                        out.image_embedding, out.patch_embeddings.astype(dtype, copy=False)
+                    )
                     memo.patch_tokens = None
                     self._on_update(entry)
         return memo.clip
@@ -70,19 +82,36 @@ class Heads:
         timings: Timings,
         label: str | None = None,
     ) -> list[MaskResult]:
-        """low_res (M, 4h, 4w) logits, scores (M,) predicted IoU -> M masks at ORIGINAL size (logits > 0)."""
+        """low_res (M, 4h, 4w) logits, scores (M,) predicted IoU -> M masks at ORIGINAL size (logits > 0),
+        each (H, W) bool in Fortran order (the fast path; see the module docstring)."""
         with timings.measure("postprocess"):
-            full = postprocess_masks(low_res, entry.input_size, entry.original_size, self.image_size)
-            return [
-                MaskResult(
-                    mask=full[m] > 0,
-                    score=_finite(scores[m]),
-                    iou_prediction=_finite(scores[m]),
-                    label=label,
-                    low_res_logits=np.array(low_res[m], np.float32),
-                )
-                for m in range(len(low_res))
+            masks = [
+                postprocess_decision(logits[None], entry.input_size, entry.original_size, self.image_size)
+                for logits in low_res
             ]
+            return _results(masks, low_res, scores, label)
+
+    def plain_masks(
+        self, entry: ImageEntry, low_res: np.ndarray, scores: np.ndarray, label: str | None = None
+    ) -> list[MaskResult]:
+        """The plain path of `masks`: original-size float logits, then `> 0` (C-ordered masks)."""
+        full = postprocess_masks(low_res, entry.input_size, entry.original_size, self.image_size)
+        return _results(list(full > 0), low_res, scores, label)
+
+
+def _results(
+    masks: list[np.ndarray], low_res: np.ndarray, scores: np.ndarray, label: str | None
+) -> list[MaskResult]:
+    return [
+        MaskResult(
+            mask=mask,
+            score=_finite(scores[m]),
+            iou_prediction=_finite(scores[m]),
+            label=label,
+            low_res_logits=np.array(low_res[m], np.float32),
+        )
+        for m, mask in enumerate(masks)
+    ]
 
 
 def _finite(value: float) -> float:

@@ -9,6 +9,15 @@
    background prompts). With one text and one background prompt this is exactly "probability > 0.5"; with
    several texts the masks never overlap, and a pixel won by a background prompt belongs to no mask.
    score(t) = mean probability of t over its mask pixels (0.0 for an empty mask).
+
+Fast path (`text_masks`): step 2 runs to the input frame only (upscale_to_input), and the per-pixel rule is
+applied at original size by `upsample_decision` (service/images/transforms.py): the first argmax of the
+bilinearly resized class logits (argmax of the probabilities == argmax of the logits), without forming the
+(C, H, W) maps; with one text and one background prompt, text wins where (background - text) is not > 0, one
+map. The masks are those of the plain path (`full_res_text_masks`, kept as the reference) except where two
+classes tie within float32 rounding. The score's mean is taken over the pixels t wins in the input frame
+(new_h x new_w) instead of at original size - the same average sampled at the model's resolution (a mask
+that exists at original size only, a sliver narrower than one input pixel, averages its own pixels).
 """
 
 from __future__ import annotations
@@ -16,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.images.entry import ImageEntry
-from service.images.transforms import postprocess_masks
+from service.images.transforms import LinearAxis, postprocess_masks, upsample_decision, upscale_to_input
 from service.tasks.heads import Heads
 from service.tasks.results import MaskResult
 from service.timing import Timings
@@ -27,9 +36,12 @@ _CHUNK = 4  # classes upscaled to full resolution at once (bounds memory to 4 x 
 def class_logits(
     patch_embeddings: np.ndarray, class_embeddings: np.ndarray, logit_scale: float
 ) -> np.ndarray:
-    """patch_embeddings (h, w, D), class_embeddings (C, D), both L2-normalised -> (C, h, w) float32."""
-    grid = np.einsum("hwd,cd->chw", patch_embeddings.astype(np.float32), class_embeddings.astype(np.float32))
-    return (grid * np.float32(logit_scale)).astype(np.float32)
+    """patch_embeddings (h, w, D) float32 or float16, class_embeddings (C, D), both L2-normalised -> (C, h, w)
+    float32."""
+    h, w, dim = patch_embeddings.shape
+    flat = patch_embeddings.reshape(h * w, dim).astype(np.float32)  # float16 cache -> float32
+    grid = (flat @ class_embeddings.astype(np.float32).T) * np.float32(logit_scale)  # (h*w, C)
+    return np.ascontiguousarray(grid.T).reshape(-1, h, w)
 
 
 def _full_res_chunks(
@@ -39,16 +51,16 @@ def _full_res_chunks(
         yield start, postprocess_masks(logits[start : start + _CHUNK], input_size, original_size, size)
 
 
-def text_masks(
+def full_res_text_masks(
     logits: np.ndarray,
     labels: list[str],
     input_size: tuple[int, int],
     original_size: tuple[int, int],
     image_size: int,
 ) -> list[MaskResult]:
-    """logits (C, h, w) from class_logits; labels: the len(labels) <= C query texts (the first channels).
-    Returns one MaskResult per label at ORIGINAL size (iou_prediction None). Two passes over the classes keep
-    memory at a few (H, W) arrays whatever C is."""
+    """The plain path of `text_masks` (original-size float maps). logits (C, h, w) from class_logits; labels:
+    the len(labels) <= C query texts (the first channels). Returns one MaskResult per label at ORIGINAL size
+    (iou_prediction None). Two passes over the classes keep memory at a few (H, W) arrays whatever C is."""
     height, width = original_size
     best = np.full((height, width), -np.inf, dtype=np.float32)
     winner = np.zeros((height, width), dtype=np.int16)
@@ -64,6 +76,64 @@ def text_masks(
     for t, label in enumerate(labels):
         mask = winner == t
         score = float(np.mean(1.0 / denom[mask])) if mask.any() else 0.0  # p_t = exp(0) / denom where t wins
+        results.append(MaskResult(mask=mask, score=score, iou_prediction=None, label=label))
+    return results
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=0, keepdims=True))
+    return e / e.sum(axis=0, keepdims=True)
+
+
+def _input_frame_winners(up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """up (C, n_h, n_w) class logits -> (winner (n_h, n_w) uint8: the first argmax, its probability (n_h, n_w)
+    float32: the largest softmax probability). C = 2: from the one difference map."""
+    if len(up) == 2:
+        diff = up[1] - up[0]  # background - text: text wins where diff <= 0
+        return (diff > 0).view(np.uint8), 1.0 / (1.0 + np.exp(-np.abs(diff)))
+    best = up.max(axis=0)
+    winner = np.full(best.shape, len(up) - 1, np.uint8)
+    for c in range(len(up) - 2, -1, -1):  # lowest class index last: ties go to the first argmax
+        winner[up[c] == best] = c
+    return winner, 1.0 / np.exp(up - best).sum(axis=0)
+
+
+def _sliver_score(up: np.ndarray, mask: np.ndarray, t: int) -> float:
+    """Mean probability of class t over the pixels of an original-size mask (few pixels: each resampled)."""
+    xs, ys = np.nonzero(mask.T)  # the mask is F-ordered: its transpose is the cheap one to scan
+    ay, ax = LinearAxis.of(up.shape[1], mask.shape[0]), LinearAxis.of(up.shape[2], mask.shape[1])
+    by_row = np.ascontiguousarray(up.transpose(0, 2, 1))  # (C, w, h)
+    left, right = ay.at(by_row, ax.lo[xs], ys), ay.at(by_row, ax.hi[xs], ys)
+    return float(np.mean(_softmax(left + ax.w[xs] * (right - left))[t]))
+
+
+def text_masks(
+    logits: np.ndarray,
+    labels: list[str],
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    image_size: int,
+) -> list[MaskResult]:
+    """logits (C, h, w) from class_logits; labels: the len(labels) <= C query texts (the first channels).
+    Returns one MaskResult per label at ORIGINAL size ((H, W) bool, Fortran order; iou_prediction None).
+    The fast path (module docstring)."""
+    up = upscale_to_input(logits, input_size, image_size)  # (C, new_h, new_w) float32
+    won, prob = _input_frame_winners(up)
+    if len(up) == 2:  # one text, one background prompt: text wins unless background - text > 0
+        background = upsample_decision(up[1:] - up[:1], original_size)
+        masks = [~background, background][: len(labels)]
+    else:
+        winners = upsample_decision(up, original_size)
+        masks = [winners == t for t in range(len(labels))]
+    results = []
+    for t, (label, mask) in enumerate(zip(labels, masks, strict=True)):
+        inside = won == t
+        if not mask.any():
+            score = 0.0
+        elif inside.any():
+            score = float(prob[inside].mean())
+        else:
+            score = _sliver_score(up, mask, t)
         results.append(MaskResult(mask=mask, score=score, iou_prediction=None, label=label))
     return results
 

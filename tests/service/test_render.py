@@ -70,3 +70,23 @@ def test_mask_to_json() -> None:
     assert isinstance(mask_to_json(res, "polygon")["segmentation"], list)
     with pytest.raises(ValueError):
         mask_to_json(res, "svg")
+
+
+def test_fortran_ordered_and_strided_masks_render_alike() -> None:
+    """The fast postprocessing yields column-major masks: every renderer gives what it gives for the same mask
+    in row-major order (RLE / bbox / area read it in place); a strided view is copied once."""
+    mask = _mask()
+    for other in (
+        np.asfortranarray(mask),
+        np.ascontiguousarray(mask.T).T,
+        np.repeat(mask, 2, axis=1)[:, ::2],
+    ):
+        np.testing.assert_array_equal(other, mask)
+        assert encode_rle(other) == encode_rle(mask)
+        assert mask_bbox(other) == mask_bbox(mask) and mask_area(other) == mask_area(mask)
+        assert encode_polygon(other) == encode_polygon(mask)
+        png = np.asarray(Image.open(io.BytesIO(encode_png(other))))
+        np.testing.assert_array_equal(png, mask.astype(np.uint8) * 255)
+    tall = np.zeros((30, 4), bool, order="F")
+    tall[7:12, 1] = True
+    assert mask_bbox(tall) == [1, 7, 1, 5] and mask_area(tall) == 5

@@ -81,3 +81,66 @@ def test_postprocess_masks_agree_with_sam(original: tuple[int, int]) -> None:
     np.testing.assert_allclose(ours, ref, atol=1e-4)
     agree = np.mean((ours > 0) == (ref > 0))
     assert agree >= 0.99999
+
+
+# --- the fast path: decisions at original size ---------------------------------------------------------------
+def _smooth(rng: np.random.Generator, channels: int, grid: int, sigma: float) -> np.ndarray:
+    """(channels, grid, grid) float32 logits with blob-like structure (what a trained decoder produces)."""
+    import cv2
+
+    noise = rng.normal(size=(grid, grid, channels)).astype(np.float32)
+    blurred = cv2.GaussianBlur(noise, (0, 0), sigma).reshape(grid, grid, channels)
+    return np.ascontiguousarray(blurred.transpose(2, 0, 1) * (4.0 / blurred.std()))
+
+
+@pytest.mark.parametrize("original", [(300, 451), (451, 300), (1000, 97), (40, 30), (9, 700)])
+@pytest.mark.parametrize("grid", [64, 16])
+def test_upscale_to_input_is_resize_then_crop(original: tuple[int, int], grid: int) -> None:
+    maps = np.random.default_rng(4).normal(size=(3, grid, grid)).astype(np.float32)
+    input_size = transforms.preprocess_shape(*original, 256)
+    ref = transforms.resize_bilinear(maps, (256, 256))[:, : input_size[0], : input_size[1]]
+    np.testing.assert_array_equal(transforms.upscale_to_input(maps, input_size, 256), ref)
+
+
+@pytest.mark.parametrize("original", [(300, 451), (451, 300), (1000, 97), (40, 30), (9, 700), (1500, 2250)])
+@pytest.mark.parametrize("kind", ["noise", "smooth"])
+def test_fast_masks_equal_sam_postprocess_masks(original: tuple[int, int], kind: str) -> None:
+    """postprocess_decision == segment_anything's `Sam.postprocess_masks(...) > 0` (torch), except where a
+    logit lies within float32 rounding of 0: documented as at most 1e-5 of the pixels (in practice none)."""
+    size = 1024 if max(original) > 1024 else 256
+    rng = np.random.default_rng(5)
+    low = _smooth(rng, 1, size // 4, 6.0) if kind == "smooth" else rng.normal(size=(1, size // 4, size // 4))
+    low = low.astype(np.float32)
+    input_size = transforms.preprocess_shape(*original, size)
+    ref = Sam.postprocess_masks(_fake_sam(size), torch.from_numpy(low)[None], input_size, original)
+    ref = ref[0, 0].numpy() > 0
+    fast = transforms.postprocess_decision(low, input_size, original, size)
+    assert fast.shape == original and fast.dtype == bool and fast.flags.f_contiguous
+    assert np.count_nonzero(fast != ref) <= 1e-5 * ref.size
+    assert 0 < np.count_nonzero(ref) < ref.size  # the case is not trivially empty or full
+
+
+@pytest.mark.parametrize("kind", ["noise", "smooth"])
+def test_multi_class_argmax_equals_the_plain_path(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several maps: the first argmax at original size, from the banded path (smooth maps: the decision changes
+    between few samples) or the dense one (noise), == argmax of the plain path's original-size maps."""
+    rng = np.random.default_rng(6)
+    maps = _smooth(rng, 4, 16, 1.5) if kind == "smooth" else rng.normal(size=(4, 16, 16)).astype(np.float32)
+    original = (451, 300)
+    input_size = transforms.preprocess_shape(*original, 256)
+    dense_calls = []
+    dense = transforms._dense
+    monkeypatch.setattr(transforms, "_dense", lambda *a: dense_calls.append(1) or dense(*a))
+    fast = transforms.postprocess_decision(maps, input_size, original, 256)
+    assert bool(dense_calls) == (kind == "noise")
+    plain = np.argmax(transforms.postprocess_masks(maps, input_size, original, 256), axis=0)
+    assert fast.dtype == np.uint8 and fast.flags.f_contiguous
+    assert np.count_nonzero(fast != plain) <= 1e-5 * plain.size
+    assert len(np.unique(plain)) == 4
+
+
+def test_ties_go_to_the_first_class() -> None:
+    maps = np.zeros((3, 8, 8), np.float32)
+    maps[1:, :, 4:] = 1.0  # classes 1 and 2 tie on the right half
+    out = transforms.upsample_decision(maps, (16, 16))
+    assert set(np.unique(out[:, 10:])) == {1} and set(np.unique(out[:, :6])) == {0}
