@@ -29,6 +29,7 @@ SUBCOMMANDS: list[str] = [
     "model_export.quantize:add_optimize_parser",
     "model_export.trt_build:add_build_trt_parser",
     "model_export.upgrade:add_upgrade_parser",
+    "model_export.decoder_variant:add_decoder_variant_parser",
 ]
 
 
@@ -117,6 +118,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         result = optimize(args.out, args.optimize_target or default_optimize_target())
         optimized = {k: result[k] for k in ("target", "variant", "kept", "reason")}
         optimized["parity_passed"] = bool(result["kept"])
+        from model_export.decoder_variant import add_decoder_variant
+
+        decoder = add_decoder_variant(args.out, model, cfg)
+        optimized["decoder_variant"] = {"file": decoder["file"], "parity_passed": decoder["parity"]["passed"]}
     size = sum(f.stat().st_size for f in Path(args.out).iterdir() if f.is_file())
     summary = {
         "bundle": str(args.out), "model": cfg.name, "fingerprint": Manifest.read(args.out).fingerprint,

@@ -22,6 +22,7 @@ import numpy as np
 
 from samclip_bundle.graphs import GRAPH_INPUTS, GRAPH_OUTPUTS, GRAPHS, input_dtype
 from samclip_bundle.variants import VariantChoice, VariantError, choose_variant
+from service.runtime.decoder import decoder_choice, without_decoder_variants
 
 # `python -m model_export optimize --target T` writes the variants a runtime label runs.
 OPTIMIZE_TARGETS = {"onnxruntime": "ort-int8", "openvino": "openvino-int8"}
@@ -180,10 +181,11 @@ class GraphBackend:
 
     def choose_variant(self) -> VariantChoice:
         """The manifest variant to run (setting `variant`; BackendError when a named one is missing, or when
-        `require_variant` is set and the bundle has none for this runtime)."""
+        `require_variant` is set and the bundle has none for this runtime), with the SAM decoder's graph
+        chosen on its own by setting `decoder_variant` (service/runtime/decoder.py)."""
         wanted = str(setting(self.settings, "variant", "auto"))
         try:
-            choice = choose_variant(self.bundle.manifest, self.runtime, wanted)
+            choice = choose_variant(without_decoder_variants(self.bundle.manifest), self.runtime, wanted)
         except VariantError as exc:
             raise BackendError(f"{self.name}: {exc}") from None
         if choice.name is None and setting(self.settings, "require_variant", False):
@@ -192,7 +194,11 @@ class GraphBackend:
                 f"bundle {self.bundle.path} has no {self.runtime} variant ({choice.reason}); write one with "
                 f"`python -m model_export optimize {self.bundle.path} --target {target}`"
             )
-        return choice
+        wanted = str(setting(self.settings, "decoder_variant", "auto"))
+        try:
+            return decoder_choice(choice, self.bundle.manifest, self.runtime, wanted)
+        except VariantError as exc:
+            raise BackendError(f"{self.name}: decoder_variant: {exc}") from None
 
     def check_device(self, wanted: str) -> None:
         """BackendError when setting `device` ("auto" | "cpu" | "cuda") asks for a device this runtime lacks."""

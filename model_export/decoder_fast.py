@@ -1,0 +1,212 @@
+"""The fused SAM decoder: the plain decoder's function (same inputs, outputs and weights) in fewer operations.
+
+`FusedSamDecoder(model)` is `SamDecoderOnnx` (model_export/onnx_wrappers.py) rewritten for a CPU runtime; it
+holds references to the same prompt encoder / mask decoder modules (no weight copies) and computes, in exact
+arithmetic, the same outputs. Three rewrites (R = h*w image tokens, E = transformer width, H heads of width d,
+T = 1 + M + N prompt-side tokens, C1 = E/4, C2 = E/8):
+
+1. Attention between the T tokens and the R image tokens is re-associated so that no (R, E) x (E, H*d)
+   projection of the image tokens is ever formed:
+   - token -> image: softmax(q_h (x W_k,h + b_k,h)^T) (x' W_v,h + b_v,h) =
+     softmax((q_h W_k,h) x^T) (softmax . x') W_v,h^T + b_v,h   (the q_h . b_k,h term is constant along the
+     softmax axis and cancels; softmax rows sum to 1, so the value bias passes through);
+   - image -> token: scores = x (W_q,h^T k_h^T) + b_q,h k_h^T and out_proj(A V) = sum_h A_h (v_h W_o,h^T) + b_o.
+   Each attention then costs 2 * R * E * H*T multiply-adds instead of 2 * R * E * H*d + ...: with d = 16 and a
+   box prompt (T = 7) about 2.3x fewer in SAM ViT-B, and every product is a plain (rows, E) GEMM (no
+   per-head transposes of R x d tensors, no (R, T) x (T, d) products with a 7-long inner axis).
+2. The upscaling (two 2x2 stride-2 transposed convolutions, LayerNorm2d, GELU) touches no neighbour: it is a
+   per-token MLP E -> 4*C1 -> (LayerNorm over C1, GELU) -> 16*C2 (GELU), then the hypernetwork product with the
+   M mask tokens, and ONE depth-to-space of the M output channels at the end; everything stays in the
+   row-major (R, E) token layout the transformer produced.
+3. The mask prompt path (2x2/2 conv, LayerNorm2d, GELU, 2x2/2 conv, LayerNorm2d, GELU, 1x1 conv) likewise runs
+   per image token on a space-to-depth view of the (4h, 4w) mask (16 values per token), then is selected
+   with has_mask_input exactly like the plain graph.
+
+Nothing is cached per image (every input is the plain graph's): the layer-0 projections of the image tokens
+that do not depend on the prompt would take 3 x R x E/2 values per image (3 MB in fp16 for ViT-B), while the
+rewrites above already remove them. `python -m model_export decoder-variant` / `export` write this graph as the
+`fused` variant of `sam_decoder` (model_export/decoder_variant.py).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model_export.onnx_wrappers import SamDecoderOnnx
+
+
+def _norm(x: torch.Tensor, norm: nn.Module, axis: int) -> torch.Tensor:
+    """LayerNorm (nn.LayerNorm or LayerNorm2d: weight, bias, eps) over `axis` of x, which has the channel
+    axis there and the image tokens after it (LayerNorm2d's own formula, for any axis)."""
+    mean = x.mean(dim=axis, keepdim=True)
+    centred = x - mean
+    var = (centred * centred).mean(dim=axis, keepdim=True)
+    shape = [-1] + [1] * (x.dim() - 1 - (axis % x.dim()))
+    return centred * torch.rsqrt(var + norm.eps) * norm.weight.reshape(shape) + norm.bias.reshape(shape)
+
+
+class TokenToImage(nn.Module):
+    """attn(q, k, v) of an `Attention` module (shared, not copied), re-associated (module docstring, 1).
+    q (K, T, E) tokens; k_t, v_t (B, E, R) image tokens channels-first, B = 1 or K -> (K, T, E)."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, q: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
+        attn = self.attn
+        heads, inner = attn.num_heads, attn.internal_dim
+        d = inner // heads
+        batch, tokens, width = q.shape
+        qh = attn.q_proj(q).reshape(batch, tokens, heads, d).transpose(1, 2)  # (K, H, T, d)
+        wk = attn.k_proj.weight.reshape(heads, d, width)  # rows of W_k per head (H, d, E)
+        g = (qh @ wk).reshape(batch, heads * tokens, width) * (1.0 / math.sqrt(d))  # (K, H*T, E)
+        probs = torch.softmax(g @ k_t, dim=-1)  # (K, H*T, R)
+        mixed = (v_t @ probs.transpose(1, 2)).reshape(batch, width, heads, tokens)  # (K, E, H, T)
+        wv = attn.v_proj.weight.reshape(heads, d, width)  # (H, d, E)
+        out = wv @ mixed.permute(0, 2, 1, 3) + attn.v_proj.bias.reshape(heads, d, 1)  # (K, H, d, T)
+        return attn.out_proj(out.permute(0, 3, 1, 2).reshape(batch, tokens, inner))
+
+
+class ImageToToken(nn.Module):
+    """attn(q, k, v) re-associated (module docstring, 1). q_t (B, E, R) image tokens channels-first, B = 1 or
+    K; k, v (K, T, E) tokens -> the attention output channels-first (K, E, R)."""
+
+    def __init__(self, attn: nn.Module) -> None:
+        super().__init__()
+        self.attn = attn
+
+    def forward(self, q_t: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        attn = self.attn
+        heads, inner = attn.num_heads, attn.internal_dim
+        d = inner // heads
+        batch, tokens, width = k.shape
+        scale = 1.0 / math.sqrt(d)
+        kh = attn.k_proj(k).reshape(batch, tokens, heads, d).transpose(1, 2)  # (K, H, T, d)
+        wq = attn.q_proj.weight.reshape(heads, d, width)  # (H, d, E)
+        g = (kh @ wq).reshape(batch, heads * tokens, width) * scale  # (K, H*T, E)
+        bias = (kh @ attn.q_proj.bias.reshape(heads, d, 1)).reshape(batch, heads * tokens, 1) * scale
+        scores = (g @ q_t + bias).reshape(batch, heads, tokens, -1)  # (K, H, T, R)
+        probs = torch.softmax(scores, dim=2).reshape(batch, heads * tokens, -1)  # over T; R stays contiguous
+        vh = attn.v_proj(v).reshape(batch, tokens, heads, d).transpose(1, 2)  # (K, H, T, d)
+        wo = attn.out_proj.weight.t().reshape(heads, d, width)  # (H, d, E)
+        values = (vh @ wo).reshape(batch, heads * tokens, width)  # (K, H*T, E)
+        return values.transpose(1, 2) @ probs + attn.out_proj.bias.reshape(-1, 1)  # (K, E, R)
+
+
+class MaskRows(nn.Module):
+    """PromptEncoder.mask_downscaling per image token, selected by has_mask_input (module docstring, 3).
+    mask_input (K, 1, 4h, 4w), has_mask_input (K,) -> dense prompt embeddings channels-first (K, E, R)."""
+
+    def __init__(self, prompt_encoder: nn.Module, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.prompt_encoder, self.grid = prompt_encoder, grid
+
+    def forward(self, mask_input: torch.Tensor, has_mask_input: torch.Tensor) -> torch.Tensor:
+        conv0, ln0, _, conv1, ln1, _, conv2 = self.prompt_encoder.mask_downscaling
+        k = mask_input.shape[0]
+        h, w = self.grid
+        # (K, 1, 4h, 4w) -> (K, 4 (i1 j1: second conv tap), 4 (i0 j0: first conv tap), R)
+        taps = mask_input.reshape(k, h, 2, 2, w, 2, 2).permute(0, 2, 5, 3, 6, 1, 4).reshape(k, 4, 4, h * w)
+        x = conv0.weight.reshape(-1, 4) @ taps + conv0.bias.reshape(-1, 1)  # (K, 4, C/4, R)
+        x = F.gelu(_norm(x, ln0, axis=2))
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.weight.shape[0], -1)  # (C, 4 * C/4)
+        x = w1 @ x.reshape(k, -1, h * w) + conv1.bias.reshape(-1, 1)  # (K, C, R)
+        x = F.gelu(_norm(x, ln1, axis=1))
+        from_mask = conv2.weight.reshape(conv2.weight.shape[0], -1) @ x + conv2.bias.reshape(
+            -1, 1
+        )  # (K, E, R)
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1)
+        return torch.where((has_mask_input > 0.5).reshape(-1, 1, 1), from_mask, no_mask)
+
+
+class Upscaling(nn.Module):
+    """MaskDecoder.output_upscaling + hypernetwork product per image token (module docstring, 2).
+    keys_t (K, E, R) channels-first, hyper (K, M, C2) -> mask logits (K, M, 4h, 4w)."""
+
+    def __init__(self, mask_decoder: nn.Module, grid: tuple[int, int]) -> None:
+        super().__init__()
+        self.mask_decoder, self.grid = mask_decoder, grid
+
+    def forward(self, keys_t: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        conv1, norm, _, conv2, _ = self.mask_decoder.output_upscaling
+        k, m = hyper.shape[0], hyper.shape[1]
+        h, w = self.grid
+        # ConvTranspose2d weights (C_in, C_out, 2, 2) -> rows (i, j, C_out) for output sub-pixel (2y+i, 2x+j)
+        w1 = conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.weight.shape[0])  # (4 * C1, E)
+        x = (w1 @ keys_t).reshape(k, 4, -1, h * w) + conv1.bias.reshape(-1, 1)  # (K, 4 (i1 j1), C1, R)
+        x = F.gelu(_norm(x, norm, axis=2))
+        w2 = conv2.weight.permute(2, 3, 1, 0).reshape(-1, conv2.weight.shape[0])  # (4 * C2, C1)
+        x = (w2 @ x).reshape(k, 4, 4, -1, h * w) + conv2.bias.reshape(-1, 1)  # (K, 4, 4 (i0 j0), C2, R)
+        logits = hyper.reshape(k, 1, 1, m, -1) @ F.gelu(x)  # (K, 4, 4, M, R)
+        # (K, i1, j1, i0, j0, M, y, x) -> (K, M, 4y + 2 i1 + i0, 4x + 2 j1 + j0)
+        logits = logits.reshape(k, 2, 2, 2, 2, m, h, w).permute(0, 5, 6, 1, 3, 7, 2, 4)
+        return logits.reshape(k, m, 4 * h, 4 * w)
+
+
+class FusedSamDecoder(SamDecoderOnnx):
+    """Same signature and outputs as SamDecoderOnnx (see the module docstring for what differs inside).
+    Submodule names give the exported nodes' scopes: layers.<i>.token_to_image / image_to_token,
+    final_token_to_image, mask_rows, upscaling."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model)
+        pe = self.image_pe  # (1, E, h, w)
+        grid = (int(pe.shape[2]), int(pe.shape[3]))
+        self.register_buffer("pe_t", pe.flatten(2).contiguous())  # (1, E, R)
+        transformer = self.mask_decoder.transformer
+        self.layers = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "token_to_image": TokenToImage(layer.cross_attn_token_to_image),
+                    "image_to_token": ImageToToken(layer.cross_attn_image_to_token),
+                }
+            )
+            for layer in transformer.layers
+        )
+        self.final_token_to_image = TokenToImage(transformer.final_attn_token_to_image)
+        self.mask_rows = MaskRows(self.prompt_encoder, grid)
+        self.upscaling = Upscaling(self.mask_decoder, grid)
+
+    def _transformer(self, keys: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """TwoWayTransformer.forward on channels-first image tokens keys (K|1, E, R) and tokens (K, T, E)."""
+        transformer, pe = self.mask_decoder.transformer, self.pe_t
+        queries = tokens
+        for layer, fused in zip(transformer.layers, self.layers, strict=True):
+            if layer.skip_first_layer_pe:
+                queries = layer.self_attn(queries, queries, queries)
+            else:
+                q = queries + tokens
+                queries = queries + layer.self_attn(q, q, queries)
+            queries = layer.norm1(queries)
+            queries = layer.norm2(queries + fused["token_to_image"](queries + tokens, keys + pe, keys))
+            queries = layer.norm3(queries + layer.mlp(queries))
+            attended = fused["image_to_token"](keys + pe, queries + tokens, queries)
+            keys = _norm(keys + attended, layer.norm4, axis=1)
+        attended = self.final_token_to_image(queries + tokens, keys + pe, keys)
+        return transformer.norm_final_attn(queries + attended), keys
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        decoder = self.mask_decoder
+        sparse = self.prompt_encoder.embed_points(point_coords, point_labels)  # (K, N, E)
+        k = sparse.shape[0]
+        out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+        tokens = torch.cat([out_tokens.unsqueeze(0).expand(k, -1, -1), sparse], dim=1)  # (K, T, E)
+        keys = image_embeddings.flatten(2) + self.mask_rows(mask_input, has_mask_input)  # (K, E, R)
+        hs, keys = self._transformer(keys, tokens)
+        mask_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
+        hyper = torch.stack(
+            [mlp(mask_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)], dim=1
+        )
+        return decoder.iou_prediction_head(hs[:, 0, :]), self.upscaling(keys, hyper)
