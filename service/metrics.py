@@ -33,7 +33,14 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+        self._http(self.registry)
+        self._encoder(self.registry)
+        self._caches(self.registry)
+        self.ready = Gauge(
+            f"{PREFIX}_ready", "1 when the model is loaded, warm and not draining", registry=self.registry
+        )
+
+    def _http(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             f"{PREFIX}_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
         )
@@ -45,6 +52,13 @@ class Metrics:
             registry=r,
         )
         self.inflight = Gauge(f"{PREFIX}_inflight_requests", "Requests being served now", registry=r)
+        self.routing_mismatches = Counter(
+            f"{PREFIX}_routing_header_mismatches",
+            "Requests whose X-Image-Id routing header named another image than the one served",
+            registry=r,
+        )
+
+    def _encoder(self, r: CollectorRegistry) -> None:
         self.graph_seconds = Histogram(
             f"{PREFIX}_inference_seconds",
             "Backend time per graph call (encoder, clip_head, text_encoder, sam_decoder)",
@@ -62,6 +76,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.encoder_runs = Counter(f"{PREFIX}_encoder_runs", "Images passed through the encoder", registry=r)
+
+    def _caches(self, r: CollectorRegistry) -> None:
         self.cache_hits = Counter(f"{PREFIX}_cache_hits", "Images found in a cache tier", registry=r)
         self.cache_misses = Counter(f"{PREFIX}_cache_misses", "Images found in no cache tier", registry=r)
         self.lookups = Counter(
@@ -79,17 +96,10 @@ class Metrics:
             buckets=ENTRY_BUCKETS,
             registry=r,
         )
-        self.routing_mismatches = Counter(
-            f"{PREFIX}_routing_header_mismatches",
-            "Requests whose X-Image-Id routing header named another image than the one served",
-            registry=r,
-        )
         self.redis_errors = Counter(f"{PREFIX}_redis_errors", "Failed shared-tier calls", ["op"], registry=r)
         self.redis_bytes = Counter(
             f"{PREFIX}_redis_bytes", "Bytes moved to / from the shared tier", ["direction"], registry=r
         )
-        self.encoder_runs = Counter(f"{PREFIX}_encoder_runs", "Images passed through the encoder", registry=r)
-        self.ready = Gauge(f"{PREFIX}_ready", "1 when the model is loaded, warm and not draining", registry=r)
 
     # --- called by the pipeline ----------------------------------------------------------------------------
     def observe_graph(self, graph: str, seconds: float) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import classify, demo, embed, health, metrics, segment
+from service.routes import classify, demo, embed, everything, health, metrics, prompt, refine, segment
 from service.routes.requests import build_request_models
 from service.settings import Settings
 
@@ -17,6 +17,9 @@ def build_routers(settings: Settings) -> list[APIRouter]:
         embed.build(models),
         classify.build(models),
         segment.build(models),
+        prompt.build(models),
+        refine.build(models),
+        everything.build(models),
         metrics.router,
         demo.router,
     ]

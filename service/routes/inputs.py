@@ -200,7 +200,9 @@ def check_routing_header(request: Request, image_id: str) -> None:
     if hint is None:
         return
     if not re.fullmatch(IMAGE_ID_PATTERN, hint):
-        raise InvalidInput("header X-Image-Id must be the sha256 hex of the image bytes (64 lowercase hex digits)")
+        raise InvalidInput(
+            "header X-Image-Id must be the sha256 hex of the image bytes (64 lowercase hex digits)"
+        )
     if hint != image_id:
         request.app.state.service.metrics.routing_mismatches.inc()
 

@@ -46,6 +46,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     504: _error("The request deadline passed while queued; the work never ran"),
 }
 PNG_200 = {"image/png": {"schema": {"type": "string", "format": "binary"}}}
+MASK_RESPONSES = {**ERRORS, 200: {"content": PNG_200, "description": "Masks as JSON, or ONE mask as PNG"}}
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

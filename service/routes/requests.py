@@ -120,18 +120,27 @@ class RequestModels:
     everything: type[ImageRequest]
 
 
-def build_request_models(settings: Any) -> RequestModels:
-    """Request models whose limits are `settings`' (max_labels, max_texts, max_text_chars, max_prompts, ...)."""
-    text_doc = f"1..{settings.max_text_chars} characters, no leading/trailing white space."
-    Text = Annotated[
-        str,
-        StringConstraints(min_length=1, max_length=settings.max_text_chars, pattern=TEXT_PATTERN),
-        Field(description=text_doc),
-    ]
+@dataclass(frozen=True)
+class Kit:
+    """What every endpoint's model is built from: the settings, the Text type with their length limit, a
+    factory for unique text lists, and the Output base (format, index)."""
 
-    def texts(limit: int, what: str) -> Any:
+    settings: Any
+    text: Any
+    output: type[ImageRequest]
+
+    def texts(self, limit: int, what: str) -> Any:
         return Field(min_length=1, max_length=limit, description=f"1..{limit} unique {what} (repeat the parameter).",
                      json_schema_extra={"uniqueItems": True})  # fmt: skip
+
+
+def build_request_models(settings: Any) -> RequestModels:
+    """Request models whose limits are `settings`' (max_labels, max_texts, max_text_chars, max_prompts, ...)."""
+    text = Annotated[
+        str,
+        StringConstraints(min_length=1, max_length=settings.max_text_chars, pattern=TEXT_PATTERN),
+        Field(description=f"1..{settings.max_text_chars} characters, no leading/trailing white space."),
+    ]
 
     class Output(ImageRequest):
         format: MaskFormat | None = Field(
@@ -145,52 +154,71 @@ def build_request_models(settings: Any) -> RequestModels:
     class EmbedRequest(ImageRequest):
         """POST /embed: the image only."""
 
+    kit = Kit(settings, text, Output)
+    return RequestModels(
+        EmbedRequest, _classify(kit), _segment(kit), _prompt(kit), _refine(kit), _everything(kit)
+    )
+
+
+def _classify(kit: Kit) -> type[ImageRequest]:
+    limit = kit.settings.max_labels
+
     class ClassifyRequest(ImageRequest):
         QUERY = ("labels", "top_k")
-        labels: Annotated[list[Text], texts(settings.max_labels, "candidate labels"), AfterValidator(_unique)]
-        top_k: int | None = Field(None, ge=1, le=settings.max_labels, description="Only the best k labels.")
+        labels: Annotated[list[kit.text], kit.texts(limit, "candidate labels"), AfterValidator(_unique)]  # type: ignore[name-defined]
+        top_k: int | None = Field(None, ge=1, le=limit, description="Only the best k labels.")
 
-    class SegmentRequest(Output):
+    return ClassifyRequest
+
+
+def _segment(kit: Kit) -> type[ImageRequest]:
+    s = kit.settings
+
+    class SegmentRequest(kit.output):  # type: ignore[name-defined]
         QUERY = ("text", "instances", "min_area", "max_instances", "format", "index")
-        text: Annotated[list[Text], texts(settings.max_texts, "texts"), AfterValidator(_unique)]
+        text: Annotated[list[kit.text], kit.texts(s.max_texts, "texts"), AfterValidator(_unique)]  # type: ignore[name-defined]
         instances: bool = Field(
             False,
             description="One mask per object: each connected part of a text's mask becomes a SAM box prompt.",
         )
         min_area: int = Field(
-            min(settings.instance_min_area, settings.max_image_pixels), ge=0, le=settings.max_image_pixels,
+            min(s.instance_min_area, s.max_image_pixels), ge=0, le=s.max_image_pixels,
             description="instances=true: smallest text-mask part (pixels) that becomes an instance.",
         )  # fmt: skip
         max_instances: int = Field(
-            settings.max_instances, ge=1, le=settings.max_instances,
+            s.max_instances, ge=1, le=s.max_instances,
             description="instances=true: most instances per text (the largest parts).",
         )  # fmt: skip
 
-    class RefineRequest(Output):
-        QUERY = (
-            "text",
-            "num_points",
-            "seed",
-            "return_coarse",
-            "return_points",
-            "return_logits",
-            "format",
-            "index",
-        )
-        text: Text
+    return SegmentRequest
+
+
+def _refine(kit: Kit) -> type[ImageRequest]:
+    s = kit.settings
+
+    class RefineRequest(kit.output):  # type: ignore[name-defined]
+        QUERY = ("text", "num_points", "seed", "return_coarse", "return_points", "return_logits", "format",
+                 "index")  # fmt: skip
+        text: kit.text  # type: ignore[name-defined]
         num_points: int = Field(
-            settings.refine_points, ge=1, le=settings.max_points_per_prompt, description="Points to sample."
+            s.refine_points, ge=1, le=s.max_points_per_prompt, description="Points to sample."
         )
-        seed: int = Field(settings.refine_seed, ge=0, le=SEED_MAX, description="Point-sampling seed.")
+        seed: int = Field(s.refine_seed, ge=0, le=SEED_MAX, description="Point-sampling seed.")
         return_coarse: bool = Field(False, description="Also return the CLIP-head coarse mask.")
         return_points: bool = Field(False, description="Also return the sampled points (original px).")
         return_logits: bool = Field(False, description="Also return each mask's low-res logits (mask_input).")
+
+    return RefineRequest
+
+
+def _prompt(kit: Kit) -> type[ImageRequest]:
+    s = kit.settings
 
     class PromptSpec(BaseModel):
         """One object: points and/or a box [x0, y0, x1, y1] (original px), optionally a mask prompt."""
 
         model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=_ANY_OF_POINTS_BOX)
-        points: list[Point] = Field(default_factory=list, max_length=settings.max_points_per_prompt)
+        points: list[Point] = Field(default_factory=list, max_length=s.max_points_per_prompt)
         box: Box | None = None
         mask_input_from: MaskLogits | None = Field(
             None, description="This prompt's mask prompt (overrides mask_input)."
@@ -202,13 +230,13 @@ def build_request_models(settings: Any) -> RequestModels:
                 raise ValueError("a prompt needs at least one point or a box")
             return self
 
-    class PromptRequest(Output):
+    class PromptRequest(kit.output):  # type: ignore[name-defined]
         model_config = ConfigDict(json_schema_extra=_ANY_OF_PROMPTS_BOXES)
         QUERY = ("multimask", "return_logits", "format", "index")
         BODY = ("prompts", "boxes", "multimask", "mask_input")
         RAW_BODY = False
-        prompts: list[PromptSpec] = Field(default_factory=list, max_length=settings.max_prompts)
-        boxes: list[Box] = Field(default_factory=list, max_length=settings.max_prompts,
+        prompts: list[PromptSpec] = Field(default_factory=list, max_length=s.max_prompts)
+        boxes: list[Box] = Field(default_factory=list, max_length=s.max_prompts,
                                  description="Shorthand: each box becomes its own prompt, after `prompts`.")  # fmt: skip
         multimask: bool = Field(
             False, description="3 masks per prompt (SAM's multimask outputs) instead of 1."
@@ -228,18 +256,12 @@ def build_request_models(settings: Any) -> RequestModels:
                    for s in self.prompts]  # fmt: skip
             return out + [Prompt((), box, self.mask_input) for box in self.boxes]
 
-    return RequestModels(
-        EmbedRequest,
-        ClassifyRequest,
-        SegmentRequest,
-        PromptRequest,
-        RefineRequest,
-        _everything(settings, Output, Text),
-    )
+    return PromptRequest
 
 
-def _everything(settings: Any, output: type[ImageRequest], text: Any) -> type[ImageRequest]:
+def _everything(kit: Kit) -> type[ImageRequest]:
     """POST /segment/everything: SamAutomaticMaskGenerator's knobs, bounded by the settings; labels."""
+    settings, output, text = kit.settings, kit.output, kit.text
     side, masks = settings.max_points_per_side, settings.max_everything_masks
 
     def unit(default: float, what: str) -> Any:
