@@ -23,7 +23,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # `python benchmarks/compare_revisions.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from loadtests.run import free_port, wait_ready  # noqa: E402
 
 
 def jpeg(seed: int, size: tuple[int, int] = (1500, 1000)) -> bytes:
@@ -44,12 +47,6 @@ def jpeg(seed: int, size: tuple[int, int] = (1500, 1000)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(small).resize(size, Image.Resampling.BILINEAR).save(buf, format="JPEG", quality=90)
     return buf.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def bundle_for(tree: Path, bundle: Path, work: Path) -> Path:
@@ -83,16 +80,12 @@ def serve(tree: Path, bundle: Path, backend: str) -> tuple[subprocess.Popen, str
     ]
     proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"server for {tree} never became ready")
+    try:
+        wait_ready(base, proc, timeout_s=600)
+    except Exception:
+        proc.kill()
+        raise
+    return proc, base
 
 
 def one_round(client: httpx.Client, new_contract: bool, seed: int, text: str) -> dict[str, float]:

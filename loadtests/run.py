@@ -102,6 +102,23 @@ def start_server(
         )
 
 
+def serve_ready(
+    bundle: Path, env: dict[str, str], log_dir: Path, timeout_s: float = 120
+) -> tuple[subprocess.Popen, str]:
+    """`start_server` on a free port, then `wait_ready`; (process, base URL). On failure the server is stopped
+    and the error carries the tail of its log."""
+    port = free_port()
+    log = log_dir / f"server-{port}-{time.monotonic_ns()}.log"
+    proc = start_server(bundle, port, env, log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, timeout_s)
+    except Exception:
+        stop_server(proc, 10)
+        raise RuntimeError(log.read_text(errors="replace")[-4000:]) from None
+    return proc, url
+
+
 def stop_server(proc: subprocess.Popen, timeout_s: float = 60) -> int:
     """SIGTERM (graceful drain), SIGKILL if it does not exit within `timeout_s`."""
     if proc.poll() is None:

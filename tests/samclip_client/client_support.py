@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from loadtests.run import free_port, start_server, stop_server, wait_ready
+from loadtests.run import serve_ready, start_server, stop_server, wait_ready
 from training.data.shapes import make_scene
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,9 +28,11 @@ def start_demo_server(
     tmp: Path, env: dict[str, str] | None, port: int | None = None
 ) -> tuple[subprocess.Popen, str]:
     """`python -m service` on the demo bundle (one intra-op thread, `env` added), ready; (process, URL)."""
-    port = port or free_port()
+    env = {"SAMCLIP_INTRA_OP_THREADS": "1", **(env or {})}
+    if port is None:
+        return serve_ready(DEMO_BUNDLE, env, tmp)
     log = tmp / f"server-{port}-{time.monotonic_ns()}.log"
-    proc = start_server(DEMO_BUNDLE, port, {"SAMCLIP_INTRA_OP_THREADS": "1", **(env or {})}, log)
+    proc = start_server(DEMO_BUNDLE, port, env, log)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, proc, 120)

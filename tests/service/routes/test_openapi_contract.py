@@ -8,14 +8,15 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+
+from loadtests.run import serve_ready, stop_server
+from service.settings import DEFAULT_BUNDLE_DIR
 
 HERE = Path(__file__).resolve().parent.parent
 ROOT = HERE.parent.parent
@@ -31,38 +32,16 @@ LIMITS = {  # small limits keep generated requests cheap; the schema states them
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server():
-    port = free_port()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SAMCLIP_")}, **LIMITS}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port), "--log-level", "WARNING"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"server not ready: {proc.stderr.read().decode()[-2000:]}")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=30)
+def server(tmp_path_factory: pytest.TempPathFactory):
+    saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("SAMCLIP_")}
+    try:
+        env = {**LIMITS, "SAMCLIP_LOG_LEVEL": "WARNING"}
+        proc, url = serve_ready(DEFAULT_BUNDLE_DIR, env, tmp_path_factory.mktemp("contract"))
+    finally:
+        os.environ.update(saved)
+    yield url
+    stop_server(proc, 30)
 
 
 @pytest.mark.skipif(ST is None, reason="schemathesis is not installed (dev extra)")

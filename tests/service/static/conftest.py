@@ -13,7 +13,7 @@ import pytest
 from demo_browser import API_KEY, CHROMIUM, CHROMIUM_ARGS, IDLE, DemoPage, Recorder
 from PIL import Image
 
-from loadtests.run import free_port, start_server, stop_server, wait_ready
+from loadtests.run import serve_ready, stop_server
 from samclip_bundle.manifest import Manifest
 from service.settings import DEFAULT_BUNDLE_DIR
 from training.data.shapes import Scene, make_scene
@@ -26,16 +26,8 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Base URL of `python -m service` on the demo bundle, SAMCLIP_API_KEY set."""
     if not Manifest.exists(DEFAULT_BUNDLE_DIR):
         pytest.skip("demo bundle not built (python -m training.demo)")
-    log = tmp_path_factory.mktemp("demo_server") / "server.log"
-    port = free_port()
     env = {"SAMCLIP_API_KEY": API_KEY, "SAMCLIP_BACKEND": "onnxruntime", "SAMCLIP_LOG_LEVEL": "WARNING"}
-    proc = start_server(DEFAULT_BUNDLE_DIR, port, env, log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, 120)
-    except Exception:
-        stop_server(proc, 10)
-        raise RuntimeError(log.read_text(errors="replace")[-4000:]) from None
+    proc, url = serve_ready(DEFAULT_BUNDLE_DIR, env, tmp_path_factory.mktemp("demo_server"))
     yield url
     stop_server(proc, 30)
 
