@@ -30,6 +30,8 @@ from service.tasks.results import MaskResult
 from service.timing import Timings
 
 Box = tuple[float, float, float, float]
+MAX_PROMPTS_PER_CALL = 64
+"""Most prompts in one decoder call (as SamAutomaticMaskGenerator's points_per_batch)."""
 
 
 @dataclass(frozen=True)
@@ -102,14 +104,20 @@ def build_decoder_batches(
     image_size: int,
     mask_inputs: list[np.ndarray | None],
     grid: int,
+    max_prompts: int = MAX_PROMPTS_PER_CALL,
 ) -> list[DecoderBatch]:
-    """Group prompts by token count. mask_inputs[i]: (1, grid, grid) f32 or None; grid = 4h."""
+    """Group prompts by token count, at most `max_prompts` per decoder call (bounds the call's memory: each
+    prompt carries its own copy of the image tokens through the two-way transformer).
+    mask_inputs[i]: (1, grid, grid) f32 or None; grid = 4h."""
     groups: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}
     for i, spec in enumerate(specs):
         coords, labels = prompt_tokens(spec, original_size, image_size)
         groups.setdefault(len(labels), []).append((i, coords, labels))
+    chunks = [
+        ms[k : k + max_prompts] for _, ms in sorted(groups.items()) for k in range(0, len(ms), max_prompts)
+    ]
     batches = []
-    for _, members in sorted(groups.items()):
+    for members in chunks:
         idx = [m[0] for m in members]
         masks = np.zeros((len(idx), 1, grid, grid), dtype=np.float32)
         has = np.zeros((len(idx),), dtype=np.float32)

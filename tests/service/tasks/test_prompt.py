@@ -117,3 +117,10 @@ def test_decode_mask_input() -> None:
     np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(InvalidInput):
         decode_mask_input(base64.b64encode(pickled.getvalue()).decode(), 64)
+
+
+def test_large_prompt_groups_are_split_into_bounded_calls() -> None:
+    specs = [Prompt(box=(i, i, i + 5, i + 5)) for i in range(10)]
+    batches = build_decoder_batches(specs, ORIG, S, [None] * 10, 64, max_prompts=4)
+    assert [b.indices for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert all(b.point_coords.shape[0] == len(b.indices) for b in batches)
