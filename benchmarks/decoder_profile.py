@@ -6,7 +6,9 @@
 
 Inputs: the bundle's `sam_decoder` graph and every decoder variant listed in its manifest (or the `--graph`
 files given), fed a random image embedding (1, C, h, w) and K box prompts (N = 2 tokens: the box corners,
-labels 2 and 3, no mask input) - what one cached `/segment/prompt` with K boxes runs.
+labels 2 and 3, no mask input) - what one cached `/segment/prompt` with K boxes runs: by default each graph is
+specialised like the service's OpenVINO box/point-only decoder (mask inputs folded to zero, static shapes;
+service/runtime/openvino_decoder.py); `--mask-path` keeps the mask-prompt inputs (zeros).
 
 FLOPs: the graph is read by OpenVINO and reshaped to those static shapes, so every op has concrete shapes.
 Multiply-adds (MACs) are counted for MatMul ([.., M, K] x [.., K, N]: M*N*K per batch item), Convolution
@@ -106,10 +108,15 @@ def _op_scope(op: Any, depth: int) -> str:
 
 
 def static_model(path: Path, feeds: dict[str, np.ndarray]) -> Any:
-    """The ONNX graph read by OpenVINO and reshaped to the feeds' static shapes."""
+    """The ONNX graph read by OpenVINO and reshaped to the feeds' static shapes; without the mask inputs in
+    `feeds`, specialised like the service's box/point-only decoder (mask-prompt branch folded away)."""
     import openvino as ov
 
+    from service.runtime.openvino_decoder import without_mask_prompts
+
     model = ov.Core().read_model(str(path))
+    if "mask_input" not in feeds:
+        model = without_mask_prompts(model, 4 * feeds["image_embeddings"].shape[-1])
     model.reshape({p.get_any_name(): list(feeds[p.get_any_name()].shape) for p in model.inputs})
     return model
 
@@ -274,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default=None, help="profile only this label (plain or a variant name)")
     p.add_argument("--prompts", type=int, default=1, help="K boxes per call")
     p.add_argument("--runtime", choices=("openvino", "onnxruntime"), default="openvino")
+    p.add_argument(
+        "--mask-path",
+        action="store_true",
+        help="keep the mask-prompt inputs (the dynamic graph's work); default: the box-only specialisation",
+    )
     p.add_argument("--precision", default="bf16", help="OpenVINO inference precision (bf16 | f32)")
     p.add_argument("--threads", type=int, default=0, help="0 = the runtime's default")
     p.add_argument("--repeats", type=int, default=30)
@@ -289,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"no bundle at {args.bundle}")
     manifest = Manifest.read(args.bundle)
     feeds = box_feeds(manifest, args.prompts)
+    if (
+        not args.mask_path and args.runtime == "openvino"
+    ):  # the service's box-only decoder (openvino_decoder.py)
+        feeds = {k: v for k, v in feeds.items() if k not in ("mask_input", "has_mask_input")}
     graphs = decoder_graphs(args.bundle, args.graph)
     if args.only:
         graphs = {k: v for k, v in graphs.items() if k == args.only}

@@ -1,12 +1,18 @@
 """End-to-end service latency over HTTP, measured in ONE run against a real `python -m service` process.
 
     python benchmarks/service_latency.py --bundle /tmp/bundles/vit_b [--backend NAME]
-        [--repeats 2] [--cached-repeats 10] [--json out.json]
+        [--repeats 2] [--cached-repeats 10] [--boxes 1,2,4] [--width 2250 --height 1500]
+        [--photo-width 4000 --photo-height 3000] [--no-offline] [--json out.json]
 
 The script starts `python -m service --bundle B --port P` as a subprocess: the DEFAULT serve path (backend and
-variant chosen by `auto`, reported from /info), or `--backend X` (env SAMCLIP_BACKEND set too), waits for `/readyz` 200, then sends requests with httpx over one keep-alive connection. Every image is a
-1500x1000 (--width x --height) JPEG generated in code from its own seed, so each has distinct bytes and
-therefore a distinct cache key (sha256 of the bytes): a "new" image always misses the embedding cache.
+variant chosen by `auto`, reported from /info), or `--backend X` (env SAMCLIP_BACKEND set too), waits for
+`/readyz` 200, then sends requests with httpx over one keep-alive connection. Every image is a 2250x1500
+(--width x --height) JPEG generated in code from its own seed, so each has distinct bytes and therefore a
+distinct cache key (sha256 of the bytes): a "new" image always misses the embedding cache.
+A second server runs the path before issue 16 (same bundle and backend; benchmarks/interactive_requests.py
+PREVIOUS_PATH) for the interactive figures, which alternate requests between the two (that module's
+docstring); the in-process figures (parity against fp32, float16 storage, the official segment_anything ONNX
+decoder) follow once the servers stopped (benchmarks/interactive_parity.py). ONE run prints them all.
 
 Per repeat r (interleaved, so drift in the shared machine's load hits every figure alike):
   cold     POST /segment/prompt, multipart image A_r + one point prompt: decode + preprocess + encoder + decoder
@@ -38,19 +44,13 @@ All figures are medians over the repeats of this run; ratios are computed from t
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import json
 import os
 import re
-import signal
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,11 @@ from PIL import Image
 
 from samclip_bundle.manifest import Manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling modules below, from any directory
+from interactive_parity import figures  # noqa: E402
+from interactive_requests import PREVIOUS_PATH, measure, print_figures  # noqa: E402
+from servers import free_port, running_server, running_servers  # noqa: E402, F401 (running_server: cpu_encoder)
+
 MODEL_STAGES = ("encoder", "head", "text", "decoder")
 _STAGE_RE = re.compile(r'\s*([A-Za-z0-9_-]+)\s*(?:;\s*dur=([0-9.]+))?(?:\s*;\s*desc="?([^",]*)"?)?')
 _ENCODER_RUNS_RE = re.compile(r"^samclip_encoder_runs_total(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$", re.M)
@@ -129,6 +133,7 @@ class Client:
     """httpx over one keep-alive connection; every call returns a Sample or raises with the server's error."""
 
     def __init__(self, base_url: str, timeout_s: float) -> None:
+        self.base_url, self.timeout_s = base_url, timeout_s
         self.http = httpx.Client(base_url=base_url, timeout=timeout_s)
 
     def post(self, path: str, expect_cache: str | None = None, **kwargs: Any) -> Sample:
@@ -149,56 +154,6 @@ class Client:
 
     def close(self) -> None:
         self.http.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running_server(bundle: Path, backend: str | None, port: int, startup_timeout_s: float) -> Iterator[str]:
-    """`python -m service` in a subprocess; yields its base URL once /readyz is 200; SIGTERM on exit.
-    backend None: the server's default (no SAMCLIP_BACKEND, no --backend)."""
-    env = {**os.environ, "SAMCLIP_REQUEST_TIMEOUT_S": "1800"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, "-m", "service", "--bundle", str(bundle), "--port", str(port)]
-    cmd += ["--log-level", "WARNING"]
-    if backend is not None:
-        env["SAMCLIP_BACKEND"] = backend
-        cmd += ["--backend", backend]
-    with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_ready(proc, url, startup_timeout_s, log)
-            yield url
-        finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, timeout_s: float, log: Any) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            tail = log.read()[-3000:].decode(errors="replace")
-            raise RuntimeError(f"server exited with {proc.returncode} before ready:\n{tail}")
-        with contextlib.suppress(httpx.TransportError):
-            response = httpx.get(f"{url}/readyz", timeout=5)
-            if response.status_code == 200:
-                return
-            if response.json().get("status") == "failed":
-                raise RuntimeError(f"server failed to load: {response.json().get('reason')}")
-        time.sleep(0.5)
-    raise RuntimeError(f"server not ready after {timeout_s:.0f} s")
 
 
 # --- the benchmark -----------------------------------------------------------------------------------------
@@ -328,6 +283,10 @@ def print_table(res: dict[str, Any]) -> None:
         print(f"{name:<44} {ms:>10.1f}  {note}")
 
 
+def _ints(text: str) -> list[int]:
+    return sorted({int(v) for v in text.split(",") if v.strip()})
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--bundle", type=Path, default=Path("/tmp/bundles/vit_b"), help="bundle directory")
@@ -338,8 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repeats", type=int, default=2, help="new images per cold / embed / refine figure")
     p.add_argument("--cached-repeats", type=int, default=10, help="cached prompt-segment calls")
-    p.add_argument("--width", type=int, default=1500)
-    p.add_argument("--height", type=int, default=1000)
+    p.add_argument("--width", type=int, default=2250)
+    p.add_argument("--height", type=int, default=1500)
+    p.add_argument("--photo-width", type=int, default=4000, help="photo for the post-processing figures")
+    p.add_argument("--photo-height", type=int, default=3000)
+    p.add_argument("--boxes", type=_ints, default=[1, 2, 4], help="box counts of the cached prompt figure")
+    p.add_argument("--no-offline", action="store_true", help="skip the in-process parity / official figures")
     p.add_argument("--text", default="a dog", help="text for /segment/refine")
     p.add_argument("--seed", type=int, default=0, help="first image seed")
     p.add_argument("--port", type=int, default=0, help="server port (0 = a free one)")
@@ -359,22 +322,27 @@ def main(argv: list[str] | None = None) -> int:
             f"--random-init --seed 0 --out {args.bundle}`"
         )
     model = Manifest.read(args.bundle).model.name
-    port = args.port or free_port()
-    with running_server(args.bundle, args.backend, port, args.startup_timeout) as url:
-        client = Client(url, args.request_timeout)
+    ports = [args.port or free_port(), free_port()]
+    servers = [(ports[0], {}), (ports[1], PREVIOUS_PATH)]
+    with running_servers(args.bundle, args.backend, servers, args.startup_timeout) as (url, old_url):
+        client, old = Client(url, args.request_timeout), Client(old_url, args.request_timeout)
         try:
             served = client.http.get("/info").json()["backend"]
             raw = run_requests(client, args)
+            interactive = measure(client, old, args, make_jpeg)
         finally:
             client.close()
+            old.close()
+    offline = {} if args.no_offline else figures(args.bundle, (args.height, args.width), args.cached_repeats)
     result = {
         "model": model, "backend": served["name"], "requested_backend": args.backend or "(server default)",
         "selection": served.get("details", {}).get("selection"), "bundle": str(args.bundle),
         "image": f"{args.width}x{args.height} JPEG", "repeats": args.repeats,
         "cached_repeats": args.cached_repeats, "cpus": len(os.sched_getaffinity(0)),
-        **summarize(raw),
+        **summarize(raw), "interactive": interactive, "offline": offline,
     }  # fmt: skip
     print_table(result)
+    print_figures(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

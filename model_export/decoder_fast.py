@@ -125,7 +125,9 @@ class MaskRows(nn.Module):
 
 
 class Upscaling(nn.Module):
-    """MaskDecoder.output_upscaling + hypernetwork product per image token (module docstring, 2).
+    """MaskDecoder.output_upscaling + hypernetwork product per image token (module docstring, 2), on the tokens
+    as rows (one transpose of keys: the per-token products then run as (R, E) x weight GEMMs at the backend's
+    reduced precision, and the LayerNorm over C1 is the last axis).
     keys_t (K, E, R) channels-first, hyper (K, M, C2) -> mask logits (K, M, 4h, 4w)."""
 
     def __init__(self, mask_decoder: nn.Module, grid: tuple[int, int]) -> None:
@@ -136,15 +138,15 @@ class Upscaling(nn.Module):
         conv1, norm, _, conv2, _ = self.mask_decoder.output_upscaling
         k, m = hyper.shape[0], hyper.shape[1]
         h, w = self.grid
-        # ConvTranspose2d weights (C_in, C_out, 2, 2) -> rows (i, j, C_out) for output sub-pixel (2y+i, 2x+j)
-        w1 = conv1.weight.permute(2, 3, 1, 0).reshape(-1, conv1.weight.shape[0])  # (4 * C1, E)
-        x = (w1 @ keys_t).reshape(k, 4, -1, h * w) + conv1.bias.reshape(-1, 1)  # (K, 4 (i1 j1), C1, R)
-        x = F.gelu(_norm(x, norm, axis=2))
-        w2 = conv2.weight.permute(2, 3, 1, 0).reshape(-1, conv2.weight.shape[0])  # (4 * C2, C1)
-        x = (w2 @ x).reshape(k, 4, 4, -1, h * w) + conv2.bias.reshape(-1, 1)  # (K, 4, 4 (i0 j0), C2, R)
-        logits = hyper.reshape(k, 1, 1, m, -1) @ F.gelu(x)  # (K, 4, 4, M, R)
-        # (K, i1, j1, i0, j0, M, y, x) -> (K, M, 4y + 2 i1 + i0, 4x + 2 j1 + j0)
-        logits = logits.reshape(k, 2, 2, 2, 2, m, h, w).permute(0, 5, 6, 1, 3, 7, 2, 4)
+        # ConvTranspose2d weights (C_in, C_out, 2, 2) -> columns (i, j, C_out) for sub-pixel (2y + i, 2x + j)
+        w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.weight.shape[0], -1)  # (E, 4 * C1)
+        x = (keys_t.transpose(1, 2) @ w1).reshape(k, h * w, 4, -1) + conv1.bias  # (K, R, 4 (i1 j1), C1)
+        x = F.gelu(F.layer_norm(x, (int(norm.weight.shape[0]),), norm.weight, norm.bias, norm.eps))
+        w2 = conv2.weight.permute(0, 2, 3, 1).reshape(conv2.weight.shape[0], -1)  # (C1, 4 * C2)
+        x = F.gelu((x @ w2).reshape(k, h * w, 4, 4, -1) + conv2.bias)  # (K, R, 4, 4 (i0 j0), C2)
+        logits = x.reshape(k, h * w * 16, -1) @ hyper.transpose(1, 2)  # (K, R * 16, M)
+        # rows (y, x, i1, j1, i0, j0) -> pixel (4y + 2 i1 + i0, 4x + 2 j1 + j0)
+        logits = logits.reshape(k, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
         return logits.reshape(k, m, 4 * h, 4 * w)
 
 

@@ -94,6 +94,12 @@ class Settings(BaseSettings):
     openvino_graph_precision: dict[str, str] = Field(
         default_factory=dict, description='Per-graph OpenVINO precision, JSON e.g. {"sam_decoder": "f32"}.'
     )
+    openvino_decoder_shapes: int = Field(
+        8,
+        ge=0,
+        description="OpenVINO: static box/point-only SAM decoder models kept, one per (prompts, points) shape "
+        "(compiled in the background on first sight; mask prompts use the dynamic model); 0 = off.",
+    )
     decoder_variant: str = Field(
         "auto",
         description="SAM decoder graph: auto (the bundle's best passing decoder variant for the backend's runtime, "
@@ -128,6 +134,11 @@ class Settings(BaseSettings):
     )
     memory_limit_bytes: int = Field(
         0, ge=0, description="Memory limit of this process; 0 = cgroup memory.max (none: 2 GiB cache)."
+    )
+    postprocess: Literal["fast", "plain"] = Field(
+        "fast",
+        description="Mask post-processing: fast (decisions at original size without original-size float maps) or "
+        "plain (segment_anything's original-size float logits; for comparison, e.g. benchmarks).",
     )
     cache_dtype: Literal["float32", "float16"] = Field(
         "float16",

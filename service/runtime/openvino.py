@@ -15,7 +15,9 @@ plugin with
 Shapes: the encoder is reshaped to a static (1, 3, S, S) input and runs one image per infer request from a pool
 (a ViT-B at 1024 px is compute-bound, so batching buys nothing on a CPU while static shapes give the best
 kernels); the CLIP head likewise at its (1, h, w, W) grid, with a dynamic-shape model compiled lazily for any
-other grid. The text encoder (N) and SAM decoder (K prompts, N points) keep their dynamic axes.
+other grid. The text encoder (N) and SAM decoder (K prompts, N points) keep their dynamic axes; calls of the
+decoder without mask prompts run static box/point-only specialisations (runtime/openvino_decoder.py; setting
+`openvino_decoder_shapes`: how many are kept, 0 = off).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 
 from samclip_bundle.graphs import GRAPH_INPUTS, GRAPH_OUTPUTS
 from service.runtime.base import BackendError, GraphBackend, inference_threads, setting
+from service.runtime.openvino_decoder import DecoderModels, without_mask_prompts
 
 _PRECISIONS = {"bf16", "f16", "f32"}
 _STATIC_GRAPHS = ("encoder", "clip_head")
@@ -102,11 +105,18 @@ class OpenVinoBackend(GraphBackend):
         s, grid, width = int(self.bundle.image_size), int(self.bundle.embed_grid), self.bundle.clip_width
         return {"encoder": [1, 3, s, s], "clip_head": [1, grid, grid, width]}.get(graph)
 
-    def load_graph(self, graph: str, source: Path, *, static: bool = True) -> _Compiled:
+    def load_graph(self, graph: str, source: Path, *, static: bool = True) -> Any:
         model = self.core.read_model(str(source))
         shape = self._static_shape(graph) if static else None
         if shape is not None:
             model.reshape({model.inputs[0].get_any_name(): shape})
+        compiled = self._compile(model, graph)
+        requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if shape else 1
+        if graph == "sam_decoder":  # + static box/point-only specialisations (runtime/openvino_decoder.py)
+            return self._decoder_models(_Compiled(compiled, 1, graph), source)
+        return _Compiled(compiled, requests, graph)
+
+    def _compile(self, model: Any, graph: str) -> Any:
         config: dict[str, Any] = {
             "INFERENCE_PRECISION_HINT": self.precisions[graph],
             "PERFORMANCE_HINT": self.hint,
@@ -114,13 +124,26 @@ class OpenVinoBackend(GraphBackend):
         }
         if self.streams > 0:
             config["NUM_STREAMS"] = self.streams
-        compiled = self.core.compile_model(model, "CPU", config)
-        requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if shape else 1
-        return _Compiled(compiled, requests, graph)
+        return self.core.compile_model(model, "CPU", config)
 
-    def run_graph(
-        self, graph: str, session: _Compiled, feeds: dict[str, np.ndarray]
-    ) -> dict[str, np.ndarray]:
+    def _decoder_models(self, dynamic: _Compiled, source: Path) -> DecoderModels:
+        grid = 4 * int(self.bundle.embed_grid)
+
+        def specialise(shapes: dict[str, list[int]]) -> _Compiled:
+            model = without_mask_prompts(self.core.read_model(str(source)), grid)
+            model.reshape(shapes)
+            return _Compiled(self._compile(model, "sam_decoder"), 1, "sam_decoder")
+
+        models = DecoderModels(dynamic, specialise, int(setting(self.settings, "openvino_decoder_shapes", 8)))
+        chans = int(self.bundle.manifest.model.config["encoder"]["out_chans"])
+        models.warm(grid, (1, chans, grid // 4, grid // 4))
+        return models
+
+    def close_graph(self, session: Any) -> None:
+        if isinstance(session, DecoderModels):
+            session.close()
+
+    def run_graph(self, graph: str, session: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if graph not in _STATIC_GRAPHS:
             return session.run(feeds)
         (name,) = GRAPH_INPUTS[graph]

@@ -5,7 +5,8 @@ The backend serialises calls per graph itself, so several tasks may call these a
 Mask post-processing (`masks`): the fast path `postprocess_decision` (service/images/transforms.py) decides
 `logits > 0` at original size without original-size float logits; the result is (H, W) bool in Fortran order.
 `plain_masks` is the plain path (`postprocess_masks(...) > 0`, == segment_anything's
-`Sam.postprocess_masks(...) > 0`), kept as the reference the tests compare the fast one with.
+`Sam.postprocess_masks(...) > 0`), the reference the tests compare the fast one with; setting `postprocess`
+"plain" (read from the backend's settings) makes `masks` (and text-segment) use it, e.g. to benchmark both.
 Cached arrays may be float16 (setting `cache_dtype`): the CLIP dense features are stored in the dtype of the
 entry's patch tokens.
 """
@@ -20,7 +21,7 @@ import numpy as np
 from service.errors import InferenceFailed
 from service.images.entry import ImageEntry
 from service.images.transforms import postprocess_decision, postprocess_masks
-from service.runtime.base import ClipOutput, DecoderOutput
+from service.runtime.base import ClipOutput, DecoderOutput, setting
 from service.tasks.results import MaskResult
 from service.timing import Timings
 
@@ -34,6 +35,7 @@ class Heads:
         self.image_size = int(bundle.image_size)
         self.mask_grid = 4 * int(bundle.embed_grid)
         self.logit_scale = float(bundle.logit_scale)
+        self.plain = setting(getattr(backend, "settings", None), "postprocess", "fast") == "plain"
         self._on_update = on_update
 
     def clip(self, entry: ImageEntry, timings: Timings) -> ClipOutput:
@@ -85,6 +87,8 @@ class Heads:
         """low_res (M, 4h, 4w) logits, scores (M,) predicted IoU -> M masks at ORIGINAL size (logits > 0),
         each (H, W) bool in Fortran order (the fast path; see the module docstring)."""
         with timings.measure("postprocess"):
+            if self.plain:
+                return self.plain_masks(entry, low_res, scores, label)
             masks = [
                 postprocess_decision(logits[None], entry.input_size, entry.original_size, self.image_size)
                 for logits in low_res

@@ -22,7 +22,7 @@ from service.images.entry import ImageEntry
 from service.images.transforms import resize_bilinear, unmap_coords
 from service.tasks.heads import Heads
 from service.tasks.results import MaskResult, RefineResult
-from service.tasks.textseg import class_logits, text_masks
+from service.tasks.textseg import class_logits, masks_of_texts
 from service.timing import Timings
 
 MASK_LOGIT_CLIP = 10.0
@@ -104,7 +104,7 @@ def refine(
     valid = valid_cells(heads.mask_grid, entry.input_size, heads.image_size)
     conf, wins = coarse_confidence(logits, heads.mask_grid)
     with timings.measure("postprocess"):
-        (coarse,) = text_masks(logits, [text], entry.input_size, entry.original_size, heads.image_size)
+        (coarse,) = masks_of_texts(heads, entry, logits, [text])
     coords, labels = sample_points(conf, wins, valid, num_points, seed, heads.image_size)
     if len(coords) == 0:
         empty = MaskResult(

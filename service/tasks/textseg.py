@@ -138,6 +138,14 @@ def text_masks(
     return results
 
 
+def masks_of_texts(
+    heads: Heads, entry: ImageEntry, logits: np.ndarray, labels: list[str]
+) -> list[MaskResult]:
+    """`text_masks` for the entry, or the plain path when the heads run plain post-processing."""
+    masks = full_res_text_masks if heads.plain else text_masks
+    return masks(logits, labels, entry.input_size, entry.original_size, heads.image_size)
+
+
 def segment_text(
     heads: Heads, entry: ImageEntry, classes: np.ndarray, texts: list[str], timings: Timings
 ) -> list[MaskResult]:
@@ -145,4 +153,4 @@ def segment_text(
     clip = heads.clip(entry, timings)
     logits = class_logits(clip.patch_embeddings[0], classes, heads.logit_scale)
     with timings.measure("postprocess"):
-        return text_masks(logits, texts, entry.input_size, entry.original_size, heads.image_size)
+        return masks_of_texts(heads, entry, logits, texts)

@@ -47,7 +47,8 @@ def bench(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     out = tmp_path_factory.mktemp("service_latency") / "result.json"
     cmd = [sys.executable, str(SCRIPT), "--bundle", str(tiny_bundle), "--repeats", "1"]
     cmd += ["--cached-repeats", "2", "--width", "600", "--height", "400", "--json", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    cmd += ["--photo-width", "800", "--photo-height", "600", "--boxes", "1,2"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return json.loads(out.read_text()), proc.stdout
 
@@ -82,6 +83,32 @@ def test_json_has_every_field_with_sane_values(bench: tuple[dict, str]) -> None:
 def test_prints_the_table(bench: tuple[dict, str]) -> None:
     _, stdout = bench
     assert "cold /segment/prompt" in stdout and "refine/embed" in stdout and "ratio to cold" in stdout
+    assert "interactive path (issue 16)" in stdout and "each extra box" in stdout
+
+
+def test_interactive_figures_against_the_previous_path(bench: tuple[dict, str]) -> None:
+    """The issue-16 figures of the same run: new vs previous path over HTTP, parity and storage in-process."""
+    result, _ = bench
+    http = result["interactive"]
+    for k in ("1", "2"):
+        for side in ("new", "old"):
+            fig = http["cached_prompt"]["boxes"][k][side]
+            assert fig["wall_ms"] > 0 and fig["decoder_ms"] > 0 and fig["postprocess_ms"] > 0
+    assert math.isfinite(http["cached_prompt"]["extra_box_ms_new"])
+    for name in ("segment_text", "refine", "prompt_box"):
+        fig = http["photo"][name]
+        assert fig["new_postprocess_ms"] > 0 and fig["old_postprocess_ms"] > 0 and fig["ratio"] > 0
+    assert http["photo"]["image"] == "800x600 JPEG" and http["photo"]["concurrent_refines"]["new"] > 0
+    # float16 entries (the default) hold half the bytes of the previous path's float32 ones (+ fixed overhead)
+    sizes = http["entry_bytes"]
+    assert 0.45 < sizes["new"]["mean_entry_bytes"] / sizes["old"]["mean_entry_bytes"] < 0.55
+    offline = result["offline"]
+    assert offline["decoder_parity"]["mask_iou"] >= 0.97
+    assert (
+        offline["storage_parity"]["mask_iou"] >= 0.99
+        and offline["storage_parity"]["text_segment_iou"] >= 0.98
+    )
+    assert "skipped" in offline["official"]  # segment_anything's vit_b only
 
 
 def _module():

@@ -76,3 +76,23 @@ async def test_float16_cache_halves_entries_within_the_parity_gates(make_engine,
     assert back.nbytes == e16.nbytes
     assert np.mean([mask_iou(a.mask, b.mask) for a, b in zip(sam32, sam16, strict=True)]) >= 0.99
     assert np.mean([mask_iou(a.mask, b.mask) for a, b in zip(seg32, seg16, strict=True)]) >= 0.98
+
+
+async def test_setting_postprocess_plain_runs_the_plain_path(make_engine, settings) -> None:
+    """SAMCLIP_POSTPROCESS=plain (for benchmarks): the same masks from the original-size float path, which
+    yields row-major masks, for prompts and text-segment alike."""
+    data = png_bytes(150, 110, seed=13)
+    out = {}
+    for mode in ("fast", "plain"):
+        engine = await make_engine(postprocess=mode)
+        entry = await entry_of(engine, data)
+        classes = await engine.text_embeddings(
+            ["dog", "grass", "background"], Timings(), time.monotonic() + 60
+        )
+        seg = await engine.run(segment_text, engine.heads, entry, classes, ["dog", "grass"], Timings())
+        groups = await engine.run(segment_prompts, engine.heads, entry, PROMPTS, False, Timings())
+        out[mode] = [*seg, *(m for g in groups for m in g)]
+        await engine.stop()
+    for fast, plain in zip(out["fast"], out["plain"], strict=True):
+        assert fast.mask.flags.f_contiguous and plain.mask.flags.c_contiguous
+        assert np.count_nonzero(fast.mask != plain.mask) <= 1e-5 * plain.mask.size

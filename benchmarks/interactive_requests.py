@@ -1,0 +1,263 @@
+"""HTTP figures of the interactive path for benchmarks/service_latency.py (issue 16), measured against TWO
+servers at once: `new` (the default serve path) and `old` (the same server with the path before issue 16:
+SAMCLIP_DECODER_VARIANT=none, SAMCLIP_OPENVINO_DECODER_SHAPES=0, SAMCLIP_CACHE_DTYPE=float32,
+SAMCLIP_POSTPROCESS=plain; `PREVIOUS_PATH`). Requests alternate between the two, so the shared machine's load
+hits both alike; every figure is a median, ratios are new / old.
+
+- cached prompt: one image of --width x --height (default 2250 x 1500) uploaded once to each; then K boxes per
+  POST /segment/prompt by image_id (JSON), K in --boxes (default 1, 2, 4); each K is warmed first (a new
+  (K, N) compiles its box specialisation in the background) and every request has new boxes. Per extra box:
+  (t(K_max) - t(1)) / (K_max - 1).
+- photo post-processing: a --photo-width x --photo-height (default 4000 x 3000) JPEG, cached; the Server-Timing
+  `postprocess` stage of POST /segment?text=T, /segment/refine?text=T and a 1-box /segment/prompt (text
+  embeddings cached by a first call), and 3 concurrent refines on it (wall time each, median).
+- bytes per entry: samclip_cache_entry_bytes_sum / _count from each server's /metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+PREVIOUS_PATH = {
+    "SAMCLIP_DECODER_VARIANT": "none",
+    "SAMCLIP_OPENVINO_DECODER_SHAPES": "0",
+    "SAMCLIP_CACHE_DTYPE": "float32",
+    "SAMCLIP_POSTPROCESS": "plain",
+}
+_METRIC_RE = r"^{name}(?:\{{[^}}]*\}})?\s+([0-9.eE+-]+)\s*$"
+
+
+def boxes(k: int, seed: int, width: int, height: int) -> list[dict[str, Any]]:
+    """K box prompts (original pixels), different for every seed."""
+    out = []
+    for j in range(k):
+        x0 = (width * 0.1 + 53.0 * seed + 97.0 * j) % (width * 0.6)
+        y0 = (height * 0.1 + 31.0 * seed + 59.0 * j) % (height * 0.6)
+        out.append(
+            {"box": [round(x0, 1), round(y0, 1), round(x0 + width * 0.3, 1), round(y0 + height * 0.3, 1)]}
+        )
+    return out
+
+
+def metric(client: Any, name: str) -> float:
+    """One sample of the server's /metrics (the first series of that name), NaN when absent."""
+    match = re.search(_METRIC_RE.format(name=re.escape(name)), client.http.get("/metrics").text, re.M)
+    return float(match.group(1)) if match else float("nan")
+
+
+def _upload(client: Any, jpeg: bytes) -> str:
+    return client.post("/embed", files={"image": ("photo.jpg", jpeg, "image/jpeg")}).body["image_id"]
+
+
+def _pair(new: Any, old: Any, call: Any, repeats: int) -> dict[str, list[Any]]:
+    """call(client, i) -> Sample, alternated between the two servers `repeats` times."""
+    out: dict[str, list[Any]] = {"new": [], "old": []}
+    for i in range(repeats):
+        out["new"].append(call(new, i))
+        out["old"].append(call(old, i))
+    return out
+
+
+def _med(samples: list[Any], stage: str | None = None) -> float:
+    return round(statistics.median(s.wall_ms if stage is None else s.stage(stage) for s in samples), 2)
+
+
+def cached_prompts(new: Any, old: Any, args: Any, jpeg: bytes) -> dict[str, Any]:
+    """Cached K-box /segment/prompt on both servers (module docstring)."""
+    ids = {"new": _upload(new, jpeg), "old": _upload(old, jpeg)}
+    clients = {"new": new, "old": old}
+    w, h = args.width, args.height
+
+    def call(client: Any, i: int, k: int) -> Any:
+        who = "new" if client is new else "old"
+        body = {"image_id": ids[who], "prompts": boxes(k, 1000 * k + i, w, h)}
+        return clients[who].post("/segment/prompt", "hit", json=body)
+
+    result: dict[str, Any] = {"boxes": {}}
+    for k in args.boxes:
+        for i in range(2):  # warm: a new (K, N) specialisation compiles in the background meanwhile
+            call(new, -1 - i, k), call(old, -1 - i, k)
+        time.sleep(1.0)
+        runs = _pair(new, old, lambda c, i, k=k: call(c, i, k), args.cached_repeats)
+        result["boxes"][k] = {
+            side: {"wall_ms": _med(s), "decoder_ms": _med(s, "decoder"), "postprocess_ms": _med(s, "postprocess"),
+                   "render_ms": _med(s, "render")}
+            for side, s in runs.items()
+        }  # fmt: skip
+    first, last = min(args.boxes), max(args.boxes)
+    for side in ("new", "old"):
+        spread = result["boxes"][last][side]["wall_ms"] - result["boxes"][first][side]["wall_ms"]
+        result[f"extra_box_ms_{side}"] = round(spread / max(1, last - first), 2)
+    one = result["boxes"][first]
+    result["one_box_ratio"] = round(one["new"]["wall_ms"] / one["old"]["wall_ms"], 3)
+    result["extra_box_ratio"] = round(result["extra_box_ms_new"] / max(result["extra_box_ms_old"], 1e-9), 3)
+    return result
+
+
+def photo_postprocess(new: Any, old: Any, args: Any, jpeg: bytes, text: str) -> dict[str, Any]:
+    """Post-processing stages on the photo, and 3 concurrent refines (module docstring)."""
+    ids = {"new": _upload(new, jpeg), "old": _upload(old, jpeg)}
+    w, h = args.photo_width, args.photo_height
+
+    def by_id(client: Any) -> dict[str, Any]:
+        return {"json": {"image_id": ids["new" if client is new else "old"]}}
+
+    calls = {
+        "segment_text": lambda c, i: c.post("/segment", "hit", params={"text": text}, **by_id(c)),
+        "refine": lambda c, i: c.post("/segment/refine", "hit", params={"text": text}, **by_id(c)),
+        "prompt_box": lambda c, i: c.post(
+            "/segment/prompt", "hit", json={**by_id(c)["json"], "prompts": boxes(1, i, w, h)}
+        ),
+    }
+    for c in (new, old):  # text embeddings (80 templates) and the CLIP head, once per server
+        calls["refine"](c, 0)
+    out: dict[str, Any] = {"image": f"{w}x{h} JPEG"}
+    repeats = max(2, args.cached_repeats // 2)
+    for name, call in calls.items():
+        runs = _pair(new, old, call, repeats)
+        new_ms, old_ms = _med(runs["new"], "postprocess"), _med(runs["old"], "postprocess")
+        out[name] = {"new_postprocess_ms": new_ms, "old_postprocess_ms": old_ms,
+                     "new_wall_ms": _med(runs["new"]), "old_wall_ms": _med(runs["old"]),
+                     "ratio": round(new_ms / max(old_ms, 1e-9), 3)}  # fmt: skip
+    out["concurrent_refines"] = {
+        side: _concurrent(c, calls["refine"]) for side, c in (("new", new), ("old", old))
+    }
+    out["concurrent_refines"]["ratio"] = round(
+        out["concurrent_refines"]["new"] / max(out["concurrent_refines"]["old"], 1e-9), 3
+    )
+    return out
+
+
+def _concurrent(client: Any, call: Any, n: int = 3) -> float:
+    """Median wall ms of n requests sent at once (each on its own connection: a new client like `client`)."""
+
+    def one(i: int) -> float:
+        other = type(client)(client.base_url, client.timeout_s)
+        try:
+            return call(other, i).wall_ms
+        finally:
+            other.close()
+
+    with ThreadPoolExecutor(n) as pool:
+        return round(statistics.median(pool.map(one, range(n))), 2)
+
+
+def entry_bytes(client: Any) -> dict[str, float]:
+    """samclip_cache_entry_bytes mean (sum / count of the histogram) and samclip_cache_bytes."""
+    total, count = (
+        metric(client, "samclip_cache_entry_bytes_sum"),
+        metric(client, "samclip_cache_entry_bytes_count"),
+    )
+    return {"mean_entry_bytes": round(total / count) if count else float("nan"),
+            "cache_bytes": metric(client, "samclip_cache_bytes")}  # fmt: skip
+
+
+def measure(new: Any, old: Any, args: Any, jpeg: Any) -> dict[str, Any]:
+    """Every HTTP figure of the module docstring; jpeg(seed, width, height) -> bytes."""
+    prompt = cached_prompts(new, old, args, jpeg(777, args.width, args.height))
+    photo = photo_postprocess(new, old, args, jpeg(778, args.photo_width, args.photo_height), args.text)
+    sizes = {"new": entry_bytes(new), "old": entry_bytes(old)}
+    return {"cached_prompt": prompt, "photo": photo, "entry_bytes": sizes,
+            "previous_path": json.dumps(PREVIOUS_PATH)}  # fmt: skip
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measurement, new, previous path, notes) rows of the issue-16 table from the benchmark's JSON result."""
+    http, offline = res["interactive"], res.get("offline", {})
+    prompt, photo, sizes = http["cached_prompt"], http["photo"], http["entry_bytes"]
+    out = []
+    for k, sides in prompt["boxes"].items():
+        new, old = sides["new"], sides["old"]
+        note = (
+            f"decoder {_fmt(new['decoder_ms'])} / {_fmt(old['decoder_ms'])}, postprocess "
+            f"{_fmt(new['postprocess_ms'])} / {_fmt(old['postprocess_ms'])}, render {_fmt(new['render_ms'])}"
+        )
+        out.append(
+            (f"cached /segment/prompt, {k} box(es), ms", _fmt(new["wall_ms"]), _fmt(old["wall_ms"]), note)
+        )
+    out.append(
+        (
+            "each extra box, ms",
+            _fmt(prompt["extra_box_ms_new"]),
+            _fmt(prompt["extra_box_ms_old"]),
+            f"ratio {prompt['extra_box_ratio']}; 1 box ratio {prompt['one_box_ratio']}",
+        )
+    )
+    for name in ("segment_text", "refine", "prompt_box"):
+        fig = photo[name]
+        out.append(
+            (
+                f"{photo['image']} {name} postprocess, ms",
+                _fmt(fig["new_postprocess_ms"]),
+                _fmt(fig["old_postprocess_ms"]),
+                f"ratio {fig['ratio']}; wall {_fmt(fig['new_wall_ms'])} / {_fmt(fig['old_wall_ms'])}",
+            )
+        )
+    conc = photo["concurrent_refines"]
+    out.append(
+        (
+            "3 concurrent refines on the photo, ms each",
+            _fmt(conc["new"]),
+            _fmt(conc["old"]),
+            f"ratio {conc['ratio']}",
+        )
+    )
+    out.append(
+        (
+            "bytes per cached entry (/metrics)",
+            _fmt(sizes["new"]["mean_entry_bytes"]),
+            _fmt(sizes["old"]["mean_entry_bytes"]),
+            "samclip_cache_entry_bytes sum / count",
+        )
+    )
+    if "decoder_parity" in offline:
+        dec, sto = offline["decoder_parity"], offline["storage_parity"]
+        out.append(
+            (
+                "mask IoU, fast path vs fp32 path",
+                str(dec["mask_iou"]),
+                "1.0",
+                f"gate {dec['gate']}; {dec['masks']} masks at original size",
+            )
+        )
+        out.append(
+            (
+                "float16 vs float32 storage: mask IoU / text IoU",
+                f"{sto['mask_iou']} / {sto['text_segment_iou']}",
+                "1.0 / 1.0",
+                f"gates {sto['mask_gate']} / {sto['text_gate']}; entry bytes {sto['entry_bytes']}",
+            )
+        )
+        off = offline["official"]
+        if "skipped" in off:
+            out.append(("official SamOnnxModel (ORT), 1 box", "-", "-", off["skipped"]))
+        else:
+            out.append(
+                (
+                    "decoder + postprocess in-process, 1 box, ms",
+                    _fmt(off["fast_ms"]),
+                    _fmt(off["plain_ms"]),
+                    f"official SamOnnxModel {_fmt(off['official_onnx_ms'])} ms ({off['official_runtime']}); "
+                    f"fast/official {off['fast_over_official']}, fast/plain {off['fast_over_plain']}",
+                )
+            )
+    return out
+
+
+def print_figures(res: dict[str, Any]) -> None:
+    print(
+        f"\ninteractive path (issue 16), medians; previous path = the same server with {res['interactive']['previous_path']}"
+    )
+    print(f"{'measurement':<50} {'new':>12} {'previous':>12}  notes")
+    print("-" * 140)
+    for name, new, old, note in rows(res):
+        print(f"{name:<50} {new:>12} {old:>12}  {note}")

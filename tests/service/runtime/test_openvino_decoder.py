@@ -1,0 +1,86 @@
+"""OpenVINO's static box/point-only SAM decoder specialisations (service/runtime/openvino_decoder.py) against
+the dynamic decoder model they are layered on, on the random-init `tiny` bundle (f32, so both are comparable
+to float rounding)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+
+from service.bundle import Bundle  # noqa: E402
+from service.runtime.base import create_backend  # noqa: E402
+from service.runtime.openvino_decoder import WARM_SHAPES, DecoderModels  # noqa: E402
+
+
+def _backend(bundle: Path, shapes: int = 8):
+    settings = SimpleNamespace(
+        intra_op_threads=1, openvino_precision="f32", openvino_decoder_shapes=shapes, decoder_variant="none"
+    )
+    return create_backend("openvino", Bundle.load(bundle), settings)
+
+
+def _prompts(bundle: Bundle, k: int, n: int, masks: bool = False, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    grid, size = 4 * bundle.embed_grid, bundle.image_size
+    coords = rng.uniform(0, size, (k, n, 2)).astype(np.float32)
+    labels = rng.integers(0, 4, (k, n)).astype(np.float32)
+    mask = rng.normal(size=(k, 1, grid, grid)).astype(np.float32)
+    return [coords, labels, mask, np.full((k,), float(masks), np.float32)]
+
+
+def _wait_compiled(models: DecoderModels, key: tuple[int, int], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while key not in models._models:
+        assert time.monotonic() < deadline, f"specialisation {key} never compiled"
+        time.sleep(0.05)
+
+
+def test_box_and_point_calls_run_static_specialisations_equal_to_the_dynamic_model(tiny_bundle: Path) -> None:
+    backend = _backend(tiny_bundle)
+    bundle = Bundle.load(tiny_bundle)
+    models = backend.sessions["sam_decoder"]
+    try:
+        assert isinstance(models, DecoderModels) and set(models._models) == set(WARM_SHAPES)  # warm at load
+        emb = np.random.default_rng(1).normal(size=(1, 64, bundle.embed_grid, bundle.embed_grid))
+        emb = emb.astype(np.float32)
+        calls = {"static": 0}
+        for key in WARM_SHAPES:
+            model = models._models[key]
+            run = model.run
+            model.run = lambda feeds, run=run: calls.__setitem__("static", calls["static"] + 1) or run(feeds)
+        for k, n in [(1, 2), (1, 3), (3, 5)]:
+            prompts = _prompts(bundle, k, n, seed=k + n)
+            out = backend.decode(emb, *prompts)
+            names = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+            ref = models.dynamic.run(dict(zip(names, [emb, *prompts], strict=True)))
+            np.testing.assert_allclose(out.low_res_masks, ref["low_res_masks"], atol=1e-4, rtol=1e-4)
+            np.testing.assert_allclose(out.iou_predictions, ref["iou_predictions"], atol=1e-4, rtol=1e-4)
+        assert calls["static"] == 2  # (1, 2) and (1, 3); (3, 5) ran the dynamic model the first time...
+        _wait_compiled(models, (3, 5))  # ...while its specialisation compiled in the background
+        again = backend.decode(emb, *_prompts(bundle, 3, 5, seed=8))
+        assert again.low_res_masks.shape == (3, 4, 4 * bundle.embed_grid, 4 * bundle.embed_grid)
+        before = dict(calls)
+        with_masks = _prompts(bundle, 1, 2, masks=True)
+        backend.decode(emb, *with_masks)  # a mask prompt: the dynamic model, whose mask path is kept
+        assert calls == before
+    finally:
+        backend.close()
+
+
+def test_zero_shapes_turns_the_specialisations_off(tiny_bundle: Path) -> None:
+    backend = _backend(tiny_bundle, shapes=0)
+    try:
+        models = backend.sessions["sam_decoder"]
+        bundle = Bundle.load(tiny_bundle)
+        emb = np.zeros((1, 64, bundle.embed_grid, bundle.embed_grid), np.float32)
+        backend.decode(emb, *_prompts(bundle, 1, 2))
+        time.sleep(0.2)
+        assert models._models == {} and models._pending == set()
+    finally:
+        backend.close()
