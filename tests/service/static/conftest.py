@@ -32,8 +32,11 @@ def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stop_server(proc, 30)
 
 
-@pytest.fixture(scope="package")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Headless Chromium for one test module. Module scope on purpose: the sync Playwright API keeps an asyncio
+    loop running on this thread while it lives, and every asyncio-based test run after it on the same worker
+    would fail ("asyncio.run() cannot be called from a running event loop")."""
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} is missing (deploy/tools/install_ci_tools.sh --system installs chromium)")
     from playwright.sync_api import sync_playwright
