@@ -6,7 +6,7 @@ hits both alike; every figure is a median, ratios are new / old.
 
 - cached prompt: one image of --width x --height (default 2250 x 1500) uploaded once to each; then K boxes per
   POST /segment/prompt by image_id (JSON), K in --boxes (default 1, 2, 4); each K is warmed first (a new
-  (K, N) compiles its box specialisation in the background) and every request has new boxes. Per extra box:
+  (K, N) compiles its box specialisation on its first call) and every request has new boxes. Per extra box:
   (t(K_max) - t(1)) / (K_max - 1).
 - photo post-processing: a --photo-width x --photo-height (default 4000 x 3000) JPEG, cached; the Server-Timing
   `postprocess` stage of POST /segment?text=T, /segment/refine?text=T and a 1-box /segment/prompt (text
@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import re
 import statistics
-import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -80,9 +79,8 @@ def cached_prompts(new: Any, old: Any, args: Any, jpeg: bytes) -> dict[str, Any]
 
     result: dict[str, Any] = {"boxes": {}}
     for k in args.boxes:
-        for i in range(2):  # warm: a new (K, N) specialisation compiles in the background meanwhile
+        for i in range(2):  # warm: the first call of a new (K, N) compiles its box specialisation
             call(new, -1 - i, k), call(old, -1 - i, k)
-        time.sleep(1.0)
         runs = _pair(new, old, lambda c, i, k=k: call(c, i, k), args.cached_repeats)
         result["boxes"][k] = {
             side: {"wall_ms": _med(s), "decoder_ms": _med(s, "decoder"), "postprocess_ms": _med(s, "postprocess"),

@@ -185,9 +185,10 @@ class FusedSamDecoder(SamDecoderOnnx):
                 q = queries + tokens
                 queries = queries + layer.self_attn(q, q, queries)
             queries = layer.norm1(queries)
-            queries = layer.norm2(queries + fused["token_to_image"](queries + tokens, keys + pe, keys))
+            keys_pe = keys + pe  # keys change only at norm4: one sum for both cross attentions
+            queries = layer.norm2(queries + fused["token_to_image"](queries + tokens, keys_pe, keys))
             queries = layer.norm3(queries + layer.mlp(queries))
-            attended = fused["image_to_token"](keys + pe, queries + tokens, queries)
+            attended = fused["image_to_token"](keys_pe, queries + tokens, queries)
             keys = _norm(keys + attended, layer.norm4, axis=1)
         attended = self.final_token_to_image(queries + tokens, keys + pe, keys)
         return transformer.norm_final_attn(queries + attended), keys

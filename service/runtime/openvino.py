@@ -136,7 +136,7 @@ class OpenVinoBackend(GraphBackend):
 
         models = DecoderModels(dynamic, specialise, int(setting(self.settings, "openvino_decoder_shapes", 8)))
         chans = int(self.bundle.manifest.model.config["encoder"]["out_chans"])
-        models.warm(grid, (1, chans, grid // 4, grid // 4))
+        models.warm((1, chans, grid // 4, grid // 4))
         return models
 
     def close_graph(self, session: Any) -> None:

@@ -8,19 +8,18 @@ specialised from the same graph, compiled for that call's static (K, N) with
   dense prompt becomes SAM's constant no-mask embedding, computed once, not per prompt);
 - static shapes: kernels and memory planned once for (K, N) instead of per call.
 
-The outputs are the dynamic model's for has_mask_input = 0 (the same graph; tests compare them). A (K, N) seen
-for the first time runs the dynamic model while its specialisation compiles in a background thread; `warm`
-shapes ((1, 2): one box, or one point + SAM's padding point; (1, 3)) are compiled at load. At most
-`max_models` specialisations are kept (least recently used dropped); max_models = 0 turns them off (setting
-`openvino_decoder_shapes`).
+The outputs are the dynamic model's for has_mask_input = 0 up to the runtime's rounding (the same graph; tests
+compare them). Every box/point-only call runs a specialisation, so a request gives the same masks every time: a
+(K, N) seen for the first time compiles its specialisation first (~0.2 s for ViT-B on 2 cores, in the calling
+thread, under the decoder's lock); `warm` shapes ((1, 2): one box, or one point + SAM's padding point;
+(1, 3)) are compiled at load. At most `max_models` specialisations are kept (least recently used dropped, then
+compiled again when needed); max_models = 0 turns them off (setting `openvino_decoder_shapes`).
 """
 
 from __future__ import annotations
 
-import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -62,70 +61,47 @@ def without_mask_prompts(model: Any, grid: int) -> Any:
 
 class DecoderModels:
     """`dynamic`: the compiled dynamic-shape decoder (any call); `specialise(shape)` -> a compiled static
-    box/point-only model for shape = {input name: dims} (see the module docstring). `run(feeds)` picks."""
+    box/point-only model for shape = {input name: dims} (see the module docstring). `run(feeds)` picks.
+    Callers serialise calls (the backend's per-graph lock)."""
 
     def __init__(
         self, dynamic: Any, specialise: Callable[[dict[str, list[int]]], Any], max_models: int = 8
     ) -> None:
         self.dynamic, self._specialise, self.max_models = dynamic, specialise, max_models
-        self._models: OrderedDict[tuple[int, ...], Any] = OrderedDict()
-        self._pending: set[tuple[int, ...]] = set()
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="samclip-decoder-compile")
+        self.models: OrderedDict[tuple[int, int], Any] = OrderedDict()
 
     @property
     def compiled(self) -> Any:
         """The dynamic model's ov.CompiledModel (its properties describe the decoder)."""
         return self.dynamic.compiled
 
-    def warm(self, grid: int, embedding: tuple[int, ...], shapes: tuple[tuple[int, int], ...] = WARM_SHAPES):
-        """Compile the specialisations of `shapes` ((K, N) pairs) now, in the calling thread."""
+    def warm(self, embedding: tuple[int, ...], shapes: tuple[tuple[int, int], ...] = WARM_SHAPES) -> None:
+        """Compile the specialisations of `shapes` ((K, N) pairs) for an image embedding of shape `embedding`."""
         for k, n in shapes[: self.max_models]:
-            key = (k, n)
-            self._store(key, self._specialise(_shapes(embedding, k, n)))
+            self._model((k, n), embedding)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs for feeds (all five decoder inputs): a specialisation when no prompt has a mask prompt and
-        one is compiled for this (K, N), else the dynamic model (scheduling that specialisation)."""
+        """Outputs for feeds (all five decoder inputs): the (K, N) specialisation (compiled now if new) when no
+        prompt has a mask prompt, else the dynamic model."""
         if self.max_models <= 0 or np.any(feeds["has_mask_input"]):
             return self.dynamic.run(feeds)
-        key = tuple(int(v) for v in feeds["point_coords"].shape[:2])
-        with self._lock:
-            model = self._models.get(key)
-            if model is not None:
-                self._models.move_to_end(key)
-        if model is None:
-            self._schedule(key, tuple(feeds["image_embeddings"].shape))
-            return self.dynamic.run(feeds)
+        k, n = (int(v) for v in feeds["point_coords"].shape[:2])
+        model = self._model((k, n), tuple(feeds["image_embeddings"].shape))
         return model.run({name: feeds[name] for name in PROMPT_INPUTS})
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        with self._lock:
-            self._models.clear()
+        self.models.clear()
 
-    def _schedule(self, key: tuple[int, ...], embedding: tuple[int, ...]) -> None:
-        with self._lock:
-            if key in self._pending:
-                return
-            self._pending.add(key)
-        self._pool.submit(self._compile, key, embedding)
-
-    def _compile(self, key: tuple[int, ...], embedding: tuple[int, ...]) -> None:
-        try:
-            self._store(key, self._specialise(_shapes(embedding, *key)))
-        finally:
-            with self._lock:
-                self._pending.discard(key)
-
-    def _store(self, key: tuple[int, ...], model: Any) -> None:
-        with self._lock:
-            self._models[key] = model
-            self._models.move_to_end(key)
-            while len(self._models) > self.max_models:
-                self._models.popitem(last=False)
-
-
-def _shapes(embedding: tuple[int, ...], k: int, n: int) -> dict[str, list[int]]:
-    """Static input shapes of a box/point-only call: K prompts of N tokens on one image embedding."""
-    return {"image_embeddings": list(embedding), "point_coords": [k, n, 2], "point_labels": [k, n]}
+    def _model(self, key: tuple[int, int], embedding: tuple[int, ...]) -> Any:
+        model = self.models.get(key)
+        if model is None:
+            shapes = {
+                "image_embeddings": list(embedding),
+                "point_coords": [*key, 2],
+                "point_labels": list(key),
+            }
+            model = self.models[key] = self._specialise(shapes)
+            while len(self.models) > self.max_models:
+                self.models.popitem(last=False)
+        self.models.move_to_end(key)
+        return model

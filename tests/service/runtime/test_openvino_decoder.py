@@ -4,7 +4,6 @@ to float rounding)."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,53 +33,44 @@ def _prompts(bundle: Bundle, k: int, n: int, masks: bool = False, seed: int = 0)
     return [coords, labels, mask, np.full((k,), float(masks), np.float32)]
 
 
-def _wait_compiled(models: DecoderModels, key: tuple[int, int], timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while key not in models._models:
-        assert time.monotonic() < deadline, f"specialisation {key} never compiled"
-        time.sleep(0.05)
-
-
 def test_box_and_point_calls_run_static_specialisations_equal_to_the_dynamic_model(tiny_bundle: Path) -> None:
     backend = _backend(tiny_bundle)
     bundle = Bundle.load(tiny_bundle)
     models = backend.sessions["sam_decoder"]
     try:
-        assert isinstance(models, DecoderModels) and set(models._models) == set(WARM_SHAPES)  # warm at load
+        assert isinstance(models, DecoderModels) and set(models.models) == set(WARM_SHAPES)  # warm at load
         emb = np.random.default_rng(1).normal(size=(1, 64, bundle.embed_grid, bundle.embed_grid))
         emb = emb.astype(np.float32)
-        calls = {"static": 0}
-        for key in WARM_SHAPES:
-            model = models._models[key]
-            run = model.run
-            model.run = lambda feeds, run=run: calls.__setitem__("static", calls["static"] + 1) or run(feeds)
+        names = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
         for k, n in [(1, 2), (1, 3), (3, 5)]:
             prompts = _prompts(bundle, k, n, seed=k + n)
             out = backend.decode(emb, *prompts)
-            names = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input")
+            assert (k, n) in models.models  # a new shape is compiled before its first call
             ref = models.dynamic.run(dict(zip(names, [emb, *prompts], strict=True)))
             np.testing.assert_allclose(out.low_res_masks, ref["low_res_masks"], atol=1e-4, rtol=1e-4)
             np.testing.assert_allclose(out.iou_predictions, ref["iou_predictions"], atol=1e-4, rtol=1e-4)
-        assert calls["static"] == 2  # (1, 2) and (1, 3); (3, 5) ran the dynamic model the first time...
-        _wait_compiled(models, (3, 5))  # ...while its specialisation compiled in the background
         again = backend.decode(emb, *_prompts(bundle, 3, 5, seed=8))
-        assert again.low_res_masks.shape == (3, 4, 4 * bundle.embed_grid, 4 * bundle.embed_grid)
-        before = dict(calls)
-        with_masks = _prompts(bundle, 1, 2, masks=True)
-        backend.decode(emb, *with_masks)  # a mask prompt: the dynamic model, whose mask path is kept
-        assert calls == before
+        first = backend.decode(emb, *_prompts(bundle, 3, 5, seed=8))
+        np.testing.assert_array_equal(again.low_res_masks, first.low_res_masks)  # same request, same masks
+        calls = []
+        dynamic = models.dynamic.run
+        models.dynamic.run = lambda feeds: calls.append(1) or dynamic(feeds)
+        backend.decode(emb, *_prompts(bundle, 1, 2, masks=True))  # a mask prompt: the dynamic model
+        assert calls == [1]
     finally:
         backend.close()
 
 
-def test_zero_shapes_turns_the_specialisations_off(tiny_bundle: Path) -> None:
-    backend = _backend(tiny_bundle, shapes=0)
+def test_specialisations_are_bounded_and_can_be_off(tiny_bundle: Path) -> None:
+    bundle = Bundle.load(tiny_bundle)
+    emb = np.zeros((1, 64, bundle.embed_grid, bundle.embed_grid), np.float32)
+    off, two = _backend(tiny_bundle, shapes=0), _backend(tiny_bundle, shapes=2)
     try:
-        models = backend.sessions["sam_decoder"]
-        bundle = Bundle.load(tiny_bundle)
-        emb = np.zeros((1, 64, bundle.embed_grid, bundle.embed_grid), np.float32)
-        backend.decode(emb, *_prompts(bundle, 1, 2))
-        time.sleep(0.2)
-        assert models._models == {} and models._pending == set()
+        off.decode(emb, *_prompts(bundle, 1, 2))
+        assert not off.sessions["sam_decoder"].models
+        for k in (1, 2, 3):
+            two.decode(emb, *_prompts(bundle, k, 2))
+        assert list(two.sessions["sam_decoder"].models) == [(2, 2), (3, 2)]  # least recently used dropped
     finally:
-        backend.close()
+        off.close()
+        two.close()
