@@ -1,8 +1,8 @@
 """HTTP figures of the interactive path for benchmarks/service_latency.py (issue 16), measured against TWO
 servers at once: `new` (the default serve path) and `old` (the same server with the path before issue 16:
 SAMCLIP_DECODER_VARIANT=none, SAMCLIP_OPENVINO_DECODER_SHAPES=0, SAMCLIP_CACHE_DTYPE=float32,
-SAMCLIP_POSTPROCESS=plain; `PREVIOUS_PATH`). Requests alternate between the two, so the shared machine's load
-hits both alike; every figure is a median, ratios are new / old.
+SAMCLIP_POSTPROCESS=plain; `PREVIOUS_PATH`). Requests go to the two in blocks (new, old, new, old: `_pair`), so
+drift in the shared machine's load hits both alike; every figure is a median, ratios are new / old.
 
 - cached prompt: one image of --width x --height (default 2250 x 1500) uploaded once to each; then K boxes per
   POST /segment/prompt by image_id (JSON), K in --boxes (default 1, 2, 4); each K is warmed first (a new
@@ -54,11 +54,14 @@ def _upload(client: Any, jpeg: bytes) -> str:
 
 
 def _pair(new: Any, old: Any, call: Any, repeats: int) -> dict[str, list[Any]]:
-    """call(client, i) -> Sample, alternated between the two servers `repeats` times."""
+    """call(client, i) -> Sample, `repeats` times per server in blocks: half new, half old, half new, half old.
+    Blocks, not request by request: after a request a server's idle runtime threads spin for a while (OpenVINO,
+    OpenCV), and on 2 cores that would slow the other server's next request."""
     out: dict[str, list[Any]] = {"new": [], "old": []}
-    for i in range(repeats):
-        out["new"].append(call(new, i))
-        out["old"].append(call(old, i))
+    half = max(1, repeats // 2)
+    for block in range(2):
+        for side, client in (("new", new), ("old", old)):
+            out[side] += [call(client, block * half + i) for i in range(half)]
     return out
 
 

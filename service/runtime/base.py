@@ -171,6 +171,11 @@ class GraphBackend:
         """Run one graph: feeds and result keyed by the contract's names (samclip_bundle.graphs)."""
         raise NotImplementedError
 
+    def feed(self, name: str, array: np.ndarray) -> np.ndarray:
+        """One input as the runtime takes it: C-contiguous, in the contract's dtype (runtimes that convert
+        float16 themselves may keep it: a float16 cache entry is then not cast on every call)."""
+        return np.ascontiguousarray(array, dtype=input_dtype(name))
+
     def close_graph(self, session: Any) -> None:
         """Free one session's resources."""
 
@@ -226,7 +231,7 @@ class GraphBackend:
     def run(self, graph: str, *arrays: np.ndarray) -> dict[str, np.ndarray]:
         """Run `graph` on its inputs in contract order (cast to the contract dtypes), under its lock, timed."""
         names = GRAPH_INPUTS[graph]
-        feeds = {n: np.ascontiguousarray(a, dtype=input_dtype(n)) for n, a in zip(names, arrays, strict=True)}
+        feeds = {n: self.feed(n, a) for n, a in zip(names, arrays, strict=True)}
         with self.locks[graph]:
             if self._closed:
                 raise BackendError(f"{self.name} backend is closed")

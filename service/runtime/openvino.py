@@ -139,6 +139,11 @@ class OpenVinoBackend(GraphBackend):
         models.warm((1, chans, grid // 4, grid // 4))
         return models
 
+    def feed(self, name: str, array: np.ndarray) -> np.ndarray:
+        if array.dtype == np.float16:  # OpenVINO converts float16 itself (a float16 cache entry as is)
+            return np.ascontiguousarray(array)
+        return super().feed(name, array)
+
     def close_graph(self, session: Any) -> None:
         if isinstance(session, DecoderModels):
             session.close()

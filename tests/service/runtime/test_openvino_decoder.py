@@ -74,3 +74,24 @@ def test_specialisations_are_bounded_and_can_be_off(tiny_bundle: Path) -> None:
     finally:
         off.close()
         two.close()
+
+
+def test_a_float16_embedding_is_taken_as_is(tiny_bundle: Path) -> None:
+    """A float16 cache entry goes to OpenVINO without a numpy cast, with the outputs of its float32 copy."""
+    backend = _backend(tiny_bundle)
+    bundle = Bundle.load(tiny_bundle)
+    try:
+        emb16 = np.random.default_rng(3).normal(size=(1, 64, bundle.embed_grid, bundle.embed_grid))
+        emb16 = emb16.astype(np.float16)
+        assert backend.feed("image_embeddings", emb16).dtype == np.float16
+        prompts = _prompts(bundle, 2, 3, seed=4)
+        a, b = backend.decode(emb16, *prompts), backend.decode(emb16.astype(np.float32), *prompts)
+        np.testing.assert_array_equal(a.low_res_masks, b.low_res_masks)
+        tokens = np.random.default_rng(5).normal(size=(1, bundle.embed_grid, bundle.embed_grid, 96))
+        c16, c32 = (
+            backend.clip_head(tokens.astype(np.float16)),
+            backend.clip_head(tokens.astype(np.float16).astype(np.float32)),
+        )
+        np.testing.assert_array_equal(c16.patch_embeddings, c32.patch_embeddings)
+    finally:
+        backend.close()
