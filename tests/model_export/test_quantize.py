@@ -82,6 +82,36 @@ def test_int8_graph_has_quantize_nodes_and_stays_close(int8_bundle: tuple[Path, 
     assert cos[0] > 0.999
 
 
+def test_int8_layers_keep_float_outputs_on_flat_tokens(
+    int8_bundle: tuple[Path, dict], tmp_path: Path
+) -> None:
+    """The encoder's linear layers read 3-D tokens (B, h*w, C), so its int8 variant quantizes their inputs and
+    weights only: no QuantizeLinear reads a quantized MatMul's output. A layer reading a 4-D tensor (the
+    older (B, h, w, C) export) keeps int8 outputs."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    bundle, _ = int8_bundle
+    weighted, _ = quantize.weight_matmuls(bundle / "encoder.onnx")
+    assert quantize.quantize_outputs(bundle / "encoder.onnx", weighted) is False
+    entry = next(e for e in Manifest.read(bundle).variants["encoder"] if e.name == "int8-qdq")
+    graph = onnx.load(str(bundle / entry.file)).graph
+    matmul_out = {o for n in graph.node if n.op_type == "MatMul" for o in n.output}
+    quantized_in = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in graph.node}
+    assert not matmul_out & quantized_in
+    w = numpy_helper.from_array(np.ones((8, 4), np.float32), "w")
+    four_d = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["y"], name="fc")], "g",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 8])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 3, 4])], [w],
+        )
+    )  # fmt: skip
+    onnx.save(four_d, tmp_path / "four_d.onnx")
+    assert quantize.quantize_outputs(tmp_path / "four_d.onnx", ["fc"]) is True
+
+
 def test_optimize_ort_int8_and_openvino_bf16(tiny_bundle: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "tiny"
     shutil.copytree(tiny_bundle, bundle)
