@@ -49,50 +49,56 @@ def _norm(x: torch.Tensor, norm: nn.Module, axis: int) -> torch.Tensor:
     return centred * torch.rsqrt(var + norm.eps) * norm.weight.reshape(shape) + norm.bias.reshape(shape)
 
 
-class TokenToImage(nn.Module):
-    """attn(q, k, v) of an `Attention` module (shared, not copied), re-associated (module docstring, 1).
-    q (K, T, E) tokens; k_t, v_t (B, E, R) image tokens channels-first, B = 1 or K -> (K, T, E)."""
+class _Reassociated(nn.Module):
+    """Holds an `Attention` module (shared, not copied); `_per_head(proj, x)`: x (K, T, E) through one of its
+    projections, split per head -> (K, H, T, d), with the weight of another projection per head (H, d, E)."""
 
     def __init__(self, attn: nn.Module) -> None:
         super().__init__()
         self.attn = attn
+        self.heads, self.inner = attn.num_heads, attn.internal_dim
+        self.d = self.inner // self.heads
+
+    def _per_head(self, proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        batch, tokens, _ = x.shape
+        return proj(x).reshape(batch, tokens, self.heads, self.d).transpose(1, 2)
+
+    def _head_weight(self, proj: nn.Module) -> torch.Tensor:
+        return proj.weight.reshape(self.heads, self.d, proj.weight.shape[1])
+
+
+class TokenToImage(_Reassociated):
+    """attn(q, k, v) of an `Attention` module, re-associated (module docstring, 1).
+    q (K, T, E) tokens; k_t, v_t (B, E, R) image tokens channels-first, B = 1 or K -> (K, T, E)."""
 
     def forward(self, q: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
-        attn = self.attn
-        heads, inner = attn.num_heads, attn.internal_dim
-        d = inner // heads
+        attn, heads, inner, d = self.attn, self.heads, self.inner, self.d
         batch, tokens, width = q.shape
-        qh = attn.q_proj(q).reshape(batch, tokens, heads, d).transpose(1, 2)  # (K, H, T, d)
-        wk = attn.k_proj.weight.reshape(heads, d, width)  # rows of W_k per head (H, d, E)
+        qh = self._per_head(attn.q_proj, q)  # (K, H, T, d)
+        wk = self._head_weight(attn.k_proj)  # rows of W_k per head (H, d, E)
         g = (qh @ wk).reshape(batch, heads * tokens, width) * (1.0 / math.sqrt(d))  # (K, H*T, E)
         probs = torch.softmax(g @ k_t, dim=-1)  # (K, H*T, R)
         mixed = (v_t @ probs.transpose(1, 2)).reshape(batch, width, heads, tokens)  # (K, E, H, T)
-        wv = attn.v_proj.weight.reshape(heads, d, width)  # (H, d, E)
+        wv = self._head_weight(attn.v_proj)  # (H, d, E)
         out = wv @ mixed.permute(0, 2, 1, 3) + attn.v_proj.bias.reshape(heads, d, 1)  # (K, H, d, T)
         return attn.out_proj(out.permute(0, 3, 1, 2).reshape(batch, tokens, inner))
 
 
-class ImageToToken(nn.Module):
+class ImageToToken(_Reassociated):
     """attn(q, k, v) re-associated (module docstring, 1). q_t (B, E, R) image tokens channels-first, B = 1 or
     K; k, v (K, T, E) tokens -> the attention output channels-first (K, E, R)."""
 
-    def __init__(self, attn: nn.Module) -> None:
-        super().__init__()
-        self.attn = attn
-
     def forward(self, q_t: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        attn = self.attn
-        heads, inner = attn.num_heads, attn.internal_dim
-        d = inner // heads
+        attn, heads, d = self.attn, self.heads, self.d
         batch, tokens, width = k.shape
         scale = 1.0 / math.sqrt(d)
-        kh = attn.k_proj(k).reshape(batch, tokens, heads, d).transpose(1, 2)  # (K, H, T, d)
-        wq = attn.q_proj.weight.reshape(heads, d, width)  # (H, d, E)
+        kh = self._per_head(attn.k_proj, k)  # (K, H, T, d)
+        wq = self._head_weight(attn.q_proj)  # (H, d, E)
         g = (kh @ wq).reshape(batch, heads * tokens, width) * scale  # (K, H*T, E)
         bias = (kh @ attn.q_proj.bias.reshape(heads, d, 1)).reshape(batch, heads * tokens, 1) * scale
         scores = (g @ q_t + bias).reshape(batch, heads, tokens, -1)  # (K, H, T, R)
         probs = torch.softmax(scores, dim=2).reshape(batch, heads * tokens, -1)  # over T; R stays contiguous
-        vh = attn.v_proj(v).reshape(batch, tokens, heads, d).transpose(1, 2)  # (K, H, T, d)
+        vh = self._per_head(attn.v_proj, v)  # (K, H, T, d)
         wo = attn.out_proj.weight.t().reshape(heads, d, width)  # (H, d, E)
         values = (vh @ wo).reshape(batch, heads * tokens, width)  # (K, H*T, E)
         return values.transpose(1, 2) @ probs + attn.out_proj.bias.reshape(-1, 1)  # (K, E, R)
