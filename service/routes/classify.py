@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from service.routes.deps import ContextDep, EngineDep, require_api_key
+from service.routes.deps import ContextDep, EngineDep
 from service.routes.inputs import filled
-from service.routes.openapi import ERRORS, operation_doc
+from service.routes.openapi import inference_router, post
 from service.routes.output import load
 from service.routes.requests import RequestModels
 from service.routes.responses import ClassifyResponse, LabelScoreOut, image_meta
@@ -17,17 +17,17 @@ from service.tasks.classify import classify as classify_task
 
 
 def build(models: RequestModels) -> APIRouter:
-    router = APIRouter(tags=["inference"], dependencies=[Depends(require_api_key)])
+    router = inference_router()
     fill_classify = Depends(filled(models.classify))
 
-    @router.post(
+    @post(
+        router,
         "/classify",
-        response_model=ClassifyResponse,
-        summary="Zero-shot classify an image against labels",
-        description="`curl -F image=@x.jpg 'http://127.0.0.1:8000/classify?labels=dog&labels=cat&top_k=1'`. "
+        models.classify,
+        ClassifyResponse,
+        "Zero-shot classify an image against labels",
+        "`curl -F image=@x.jpg 'http://127.0.0.1:8000/classify?labels=dog&labels=cat&top_k=1'`. "
         "Returns labels ranked by probability (softmax over all given labels).",
-        responses=ERRORS,
-        openapi_extra=operation_doc(models.classify),
     )
     async def classify(engine: EngineDep, ctx: ContextDep, req: Any = fill_classify) -> ClassifyResponse:
         entry = await load(engine, req, ctx)

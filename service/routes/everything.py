@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from service.routes.deps import ContextDep, EngineDep, SettingsDep, require_api_key
+from service.routes.deps import ContextDep, EngineDep, SettingsDep
 from service.routes.inputs import filled
-from service.routes.openapi import MASK_RESPONSES, operation_doc
+from service.routes.openapi import inference_router, post
 from service.routes.output import load, masks_json, png_response
 from service.routes.requests import RequestModels
 from service.routes.responses import EverythingResponse, image_meta
@@ -17,18 +17,19 @@ from service.tasks.everything import EverythingParams, segment_everything
 
 
 def build(models: RequestModels) -> APIRouter:
-    router = APIRouter(prefix="/segment", tags=["inference"], dependencies=[Depends(require_api_key)])
+    router = inference_router("/segment")
     fill = Depends(filled(models.everything))
 
-    @router.post(
+    @post(
+        router,
         "/everything",
-        response_model=EverythingResponse,
-        summary="Segment everything: SAM automatic masks (point grid), optionally labelled by the CLIP head",
-        description="`curl -F image=@x.jpg 'http://127.0.0.1:8000/segment/everything?labels=dog&labels=cat'`."
+        models.everything,
+        EverythingResponse,
+        "Segment everything: SAM automatic masks (point grid), optionally labelled by the CLIP head",
+        "`curl -F image=@x.jpg 'http://127.0.0.1:8000/segment/everything?labels=dog&labels=cat'`."
         " One encoder pass; grid points go through the SAM decoder in batches; predicted-IoU and stability "
         "filters, box NMS. With labels, each mask's label comes from the CLIP patch embeddings pooled in it.",
-        responses=MASK_RESPONSES,
-        openapi_extra=operation_doc(models.everything),
+        png=True,
     )
     async def segment_all(engine: EngineDep, ctx: ContextDep, settings: SettingsDep, req: Any = fill) -> Any:
         entry = await load(engine, req, ctx)

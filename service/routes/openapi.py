@@ -14,6 +14,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from fastapi import APIRouter, Depends
+
+from service.routes.deps import require_api_key
 from service.routes.requests import IMAGE_ID_PATTERN, ImageRequest
 from service.routes.responses import ErrorResponse
 
@@ -142,3 +145,22 @@ def operation_doc(model: type[ImageRequest]) -> dict[str, Any]:
     schema = inline_refs(model.model_json_schema())
     parameters = [*_parameters(model, schema), ROUTING_HEADER]
     return {"parameters": parameters, "requestBody": _request_body(model, schema)}
+
+
+def inference_router(prefix: str = "") -> APIRouter:
+    """A router for inference endpoints: tagged, API key required."""
+    return APIRouter(prefix=prefix, tags=["inference"], dependencies=[Depends(require_api_key)])
+
+
+def post(router: APIRouter, path: str, model: type[ImageRequest], response_model: Any, summary: str,
+         description: str, *, png: bool = False) -> Any:  # fmt: skip
+    """`router.post` for an inference endpoint whose inputs are `model`: errors and request documented from it;
+    png: the 200 answer may also be ONE mask as image/png."""
+    return router.post(
+        path,
+        response_model=response_model,
+        summary=summary,
+        description=description,
+        responses=MASK_RESPONSES if png else ERRORS,
+        openapi_extra=operation_doc(model),
+    )

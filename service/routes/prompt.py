@@ -8,9 +8,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from service.routes.deps import ContextDep, EngineDep, require_api_key
+from service.routes.deps import ContextDep, EngineDep
 from service.routes.inputs import filled
-from service.routes.openapi import MASK_RESPONSES, operation_doc
+from service.routes.openapi import inference_router, post
 from service.routes.output import load, masks_json, png_response
 from service.routes.requests import RequestModels
 from service.routes.responses import PromptSegmentResponse, image_meta
@@ -18,18 +18,19 @@ from service.tasks.prompt import segment_prompts
 
 
 def build(models: RequestModels) -> APIRouter:
-    router = APIRouter(prefix="/segment", tags=["inference"], dependencies=[Depends(require_api_key)])
+    router = inference_router("/segment")
     fill = Depends(filled(models.prompt))
 
-    @router.post(
+    @post(
+        router,
         "/prompt",
-        response_model=PromptSegmentResponse,
-        summary="Point / box / mask prompted segmentation (SAM decoder)",
-        description='JSON: `{"image_id": "...", "prompts": [{"points": [{"x": 100, "y": 80, "label": 1}]}], '
+        models.prompt,
+        PromptSegmentResponse,
+        "Point / box / mask prompted segmentation (SAM decoder)",
+        'JSON: `{"image_id": "...", "prompts": [{"points": [{"x": 100, "y": 80, "label": 1}]}], '
         '"boxes": [[x0, y0, x1, y1]], "multimask": true}`; multipart: `-F image=@x.jpg -F '
         "'prompts=[{\"box\": [10, 20, 200, 180]}]'`. Coordinates in original-image pixels. PNG: prompt-major order.",
-        responses=MASK_RESPONSES,
-        openapi_extra=operation_doc(models.prompt),
+        png=True,
     )
     async def segment_by_prompt(engine: EngineDep, ctx: ContextDep, req: Any = fill) -> Any:
         entry = await load(engine, req, ctx)

@@ -7,9 +7,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from service.routes.deps import ContextDep, EngineDep, SettingsDep, require_api_key
+from service.routes.deps import ContextDep, EngineDep, SettingsDep
 from service.routes.inputs import filled
-from service.routes.openapi import MASK_RESPONSES, operation_doc
+from service.routes.openapi import inference_router, post
 from service.routes.output import load, masks_json, png_response
 from service.routes.requests import RequestModels
 from service.routes.responses import RefineResponse, image_meta
@@ -17,17 +17,18 @@ from service.tasks.refine import refine
 
 
 def build(models: RequestModels) -> APIRouter:
-    router = APIRouter(prefix="/segment", tags=["inference"], dependencies=[Depends(require_api_key)])
+    router = inference_router("/segment")
     fill = Depends(filled(models.refine))
 
-    @router.post(
+    @post(
+        router,
         "/refine",
-        response_model=RefineResponse,
-        summary="CLIP→SAM refine: text coarse mask -> sampled points + mask prompt -> SAM decoder",
-        description="`curl -F image=@x.jpg 'http://127.0.0.1:8000/segment/refine?text=dog&return_coarse=true'`. "
+        models.refine,
+        RefineResponse,
+        "CLIP→SAM refine: text coarse mask -> sampled points + mask prompt -> SAM decoder",
+        "`curl -F image=@x.jpg 'http://127.0.0.1:8000/segment/refine?text=dog&return_coarse=true'`. "
         "PNG: index 0 is the fine mask, index 1 the coarse mask (when return_coarse).",
-        responses=MASK_RESPONSES,
-        openapi_extra=operation_doc(models.refine),
+        png=True,
     )
     async def segment_refine(
         engine: EngineDep, ctx: ContextDep, settings: SettingsDep, req: Any = fill

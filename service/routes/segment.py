@@ -9,9 +9,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends
 
-from service.routes.deps import ContextDep, EngineDep, SettingsDep, require_api_key
+from service.routes.deps import ContextDep, EngineDep, SettingsDep
 from service.routes.inputs import filled
-from service.routes.openapi import MASK_RESPONSES, operation_doc
+from service.routes.openapi import inference_router, post
 from service.routes.output import load, masks_json, png_response
 from service.routes.requests import RequestModels
 from service.routes.responses import SegmentResponse, image_meta
@@ -20,17 +20,18 @@ from service.tasks.textseg import segment_text
 
 
 def build(models: RequestModels) -> APIRouter:
-    router = APIRouter(prefix="/segment", tags=["inference"], dependencies=[Depends(require_api_key)])
+    router = inference_router("/segment")
     fill = Depends(filled(models.segment))
 
-    @router.post(
+    @post(
+        router,
         "",
-        response_model=SegmentResponse,
-        summary="Text-prompted segmentation (CLIP head), one mask per text",
-        description="`curl -F image=@dog.jpg 'http://127.0.0.1:8000/segment?text=dog&text=cat'`. A pixel belongs "
+        models.segment,
+        SegmentResponse,
+        "Text-prompted segmentation (CLIP head), one mask per text",
+        "`curl -F image=@dog.jpg 'http://127.0.0.1:8000/segment?text=dog&text=cat'`. A pixel belongs "
         "to a text when that text scores highest among all texts and the background prompts.",
-        responses=MASK_RESPONSES,
-        openapi_extra=operation_doc(models.segment),
+        png=True,
     )
     async def segment_by_text(
         engine: EngineDep, ctx: ContextDep, settings: SettingsDep, req: Any = fill
