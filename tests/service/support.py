@@ -3,8 +3,10 @@ backend slow or held (for queue, deadline, drain and disconnect tests). Everythi
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -81,3 +83,21 @@ def backend_factory(
 def slow_factory(delay_s: float, hold: threading.Event | None = None) -> Any:
     """`backend_factory` whose encoder is a SlowEncoder(delay_s, hold)."""
     return backend_factory(lambda backend: SlowEncoder(backend, delay_s, hold))
+
+
+@contextlib.contextmanager
+def ready_client(settings: Any, **app_kwargs: Any) -> Iterator[Any]:
+    """A TestClient on `create_app(settings)`, once /readyz says ready (fails the test if the load failed)."""
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    with TestClient(create_app(settings, **app_kwargs)) as client:
+        body = wait_status(client, {"ready", "failed"})
+        assert body["status"] == "ready", body
+        yield client
+
+
+def encoder_runs(client: Any) -> float:
+    """Images the app's encoder has run on so far (samclip_encoder_runs_total)."""
+    return client.app.state.service.metrics.sample("samclip_encoder_runs_total")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from support import backend_factory, png_bytes, slow_factory, wait_status
+from support import backend_factory, png_bytes, ready_client, slow_factory, wait_status
 
 from service.main import create_app
 from service.settings import Settings
@@ -247,9 +247,7 @@ def test_unexpected_exception_is_a_logged_500_json_and_the_server_survives(tiny_
 # --- real predictor on the real tiny bundle --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def real_client(tiny_bundle: Path) -> Iterator[TestClient]:
-    settings = Settings(bundle=tiny_bundle, max_prompts=4, max_points_per_prompt=4)
-    with TestClient(create_app(settings)) as client:
-        assert wait_status(client, {"ready", "failed"})["status"] == "ready"
+    with ready_client(Settings(bundle=tiny_bundle, max_prompts=4, max_points_per_prompt=4)) as client:
         yield client
 
 
@@ -373,7 +371,9 @@ def test_too_many_new_labels_is_a_fast_422_and_others_are_served(tiny_bundle: Pa
         image_id = client.post("/embed", content=png_bytes(30, 20), headers=PNG).json()["image_id"]
         labels = [f"unseen label {i}" for i in range(1000)]
         start = time.monotonic()
-        body = assert_error(client.post("/classify", params={"labels": labels}, json={"image_id": image_id}), 422)
+        body = assert_error(
+            client.post("/classify", params={"labels": labels}, json={"image_id": image_id}), 422
+        )
         assert body["error_type"] == "too_many_new_texts" and time.monotonic() - start < 5
         ok = client.post("/classify?labels=cat&labels=dog", json={"image_id": image_id})
         assert ok.status_code == 200 and len(ok.json()["labels"]) == 2

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from support import png_bytes, wait_status
+from support import encoder_runs, png_bytes, ready_client, wait_status
 
 from service.main import create_app
 from service.render import decode_rle
@@ -29,13 +29,12 @@ LOOSE = "points_per_side=8&pred_iou_thresh=0&stability_score_thresh=0&box_nms_th
 @pytest.fixture(scope="module")
 def client(tiny_bundle: Path) -> Iterator[TestClient]:
     settings = Settings(bundle=tiny_bundle, max_points_per_side=16, max_everything_masks=50, max_instances=5)
-    with TestClient(create_app(settings)) as c:
-        assert wait_status(c, {"ready", "failed"})["status"] == "ready"
+    with ready_client(settings) as c:
         yield c
 
 
 def runs(client: TestClient) -> float:
-    return client.app.state.service.metrics.sample(RUNS)
+    return encoder_runs(client)
 
 
 def test_everything_with_labels_on_one_encoder_pass(client: TestClient) -> None:

@@ -15,10 +15,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from support import png_bytes, wait_status
+from support import encoder_runs, png_bytes, ready_client
 
 from samclip_bundle.manifest import Manifest
-from service.main import create_app
 from service.render import decode_rle
 from service.settings import Settings
 
@@ -30,13 +29,12 @@ RUNS = "samclip_encoder_runs_total"
 @pytest.fixture(scope="module")
 def client(tiny_bundle: Path) -> Iterator[TestClient]:
     settings = Settings(bundle=tiny_bundle, max_batch_size=4, max_batch_wait_ms=150)
-    with TestClient(create_app(settings)) as c:
-        assert wait_status(c, {"ready", "failed"})["status"] == "ready"
+    with ready_client(settings) as c:
         yield c
 
 
 def runs(client: TestClient) -> float:
-    return client.app.state.service.metrics.sample(RUNS)
+    return encoder_runs(client)
 
 
 def files(data: bytes) -> dict:
@@ -356,7 +354,9 @@ def test_routing_header_is_a_hint_checked_for_shape(client: TestClient) -> None:
     ok = client.post("/embed", content=image, headers={**PNG, "X-Image-Id": image_id})
     assert ok.status_code == 200 and ok.json()["image_id"] == image_id
     other = client.post("/embed", content=image, headers={**PNG, "X-Image-Id": "0" * 64})
-    assert other.status_code == 200 and metrics.sample("samclip_routing_header_mismatches_total") == before + 1
+    assert (
+        other.status_code == 200 and metrics.sample("samclip_routing_header_mismatches_total") == before + 1
+    )
     bad = client.post("/embed", content=image, headers={**PNG, "X-Image-Id": "not-a-hash"})
     assert bad.status_code == 422 and "X-Image-Id" in bad.json()["error"]
     spec = client.get("/openapi.json").json()

@@ -110,7 +110,9 @@ def test_calls_on_one_graph_are_serialised_across_threads(bundle) -> None:
 
 
 def test_threads_auto_and_explicit() -> None:
-    assert session_options(_settings()).intra_op_num_threads == available_cpus() <= len(os.sched_getaffinity(0))
+    assert (
+        session_options(_settings()).intra_op_num_threads == available_cpus() <= len(os.sched_getaffinity(0))
+    )
     assert session_options(_settings(cpus=1)).intra_op_num_threads == 1  # SAMCLIP_CPUS sizes the pool
     assert session_options(_settings(cpus=1, intra_op_threads=3)).intra_op_num_threads == 3
     opts = session_options(_settings(intra_op_threads=3, inter_op_threads=2))

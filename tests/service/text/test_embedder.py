@@ -34,13 +34,16 @@ class SlowTextTower:
         with self.lock:
             self.calls += 1
             self.rows += len(ids)
-        out = np.stack([np.random.default_rng(int(row.sum())).normal(size=D) for row in ids]).astype(np.float32)
+        out = np.stack([np.random.default_rng(int(row.sum())).normal(size=D) for row in ids]).astype(
+            np.float32
+        )
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
 @pytest.fixture
 def make_embedder(tiny_bundle):
     tokenizer = ClipTokenizer.from_bundle(Bundle.load(tiny_bundle))
+
     async def factory(delay_s: float = 0.0, **overrides) -> tuple[TextEmbedder, SlowTextTower]:
         tower = SlowTextTower(delay_s)
         embedder = TextEmbedder(tower, tokenizer, Settings(**overrides), ThreadPoolExecutor(1))
