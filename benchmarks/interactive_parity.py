@@ -201,7 +201,7 @@ def export_official(bundle_dir: Path, out: Path) -> Path:
 
 def official_decoder(bundle_dir: Path, size: tuple[int, int], repeats: int = 20) -> dict:
     """One box on one image of ORIGINAL size `size`, to a binary mask: official SamOnnxModel in ONNX Runtime vs
-    the plain decoder + plain post-processing vs the fast path (ms, medians of interleaved calls)."""
+    the plain decoder + plain post-processing vs the fast path (ms, medians; `_blocks`)."""
     import onnxruntime as ort
 
     from service.images.transforms import map_coords
@@ -232,17 +232,7 @@ def official_decoder(bundle_dir: Path, size: tuple[int, int], repeats: int = 20)
             "plain_ms": _task(plain_bundle, plain_backend, encoded, size, "float32", box),
             "fast_ms": _task(bundle, backend, encoded, size, "float16", box),
         }
-        times: dict[str, list[float]] = {name: [] for name in runs}
-        for _ in range(
-            2
-        ):  # blocks of calls per path, twice (a runtime's idle worker threads spin a while after
-            for name, run in runs.items():  # each call: calls interleaved one by one would slow each other)
-                for i in range(max(1, repeats // 2) + 2):
-                    start = time.perf_counter()
-                    run()
-                    if i >= 2:
-                        times[name].append((time.perf_counter() - start) * 1000.0)
-        out = {name: round(statistics.median(ts), 2) for name, ts in times.items()}
+        out = {name: round(statistics.median(ts), 2) for name, ts in _blocks(runs, repeats).items()}
         out["fast_over_official"] = round(out["fast_ms"] / out["official_onnx_ms"], 3)
         out["fast_over_plain"] = round(out["fast_ms"] / out["plain_ms"], 3)
         out["official_runtime"] = f"onnxruntime {ort.__version__} CPUExecutionProvider (fp32)"
@@ -250,6 +240,20 @@ def official_decoder(bundle_dir: Path, size: tuple[int, int], repeats: int = 20)
     finally:
         backend.close()
         plain_backend.close()
+
+
+def _blocks(runs: dict[str, Any], repeats: int) -> dict[str, list[float]]:
+    """ms per call of each run: blocks of calls per run (2 warm-up calls each), all runs twice. Blocks, not
+    call by call: a runtime's idle worker threads spin a while after each call and would slow the next one's."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(2):
+        for name, run in runs.items():
+            for i in range(max(1, repeats // 2) + 2):
+                start = time.perf_counter()
+                run()
+                if i >= 2:
+                    times[name].append((time.perf_counter() - start) * 1000.0)
+    return times
 
 
 def _task(bundle: Any, backend: Any, encoded: Any, size: tuple[int, int], dtype: str, box: Any) -> Any:
