@@ -253,12 +253,35 @@ def _png(seed: int, side: int = 1024) -> bytes:
     return buf.getvalue()
 
 
+def _server_rounds(http: Any, encoder: Any, x: Any, rounds: int) -> tuple[list, list, list]:
+    """`rounds` x (one segment_anything fp32 eager pass, one POST /embed of a new 1024 px PNG); returns the
+    reference seconds, the /embed seconds and each /embed's Server-Timing stages (ms)."""
+    import torch
+
+    from benchmarks.service_latency import parse_server_timing
+
+    ref, served, stages = [], [], []
+    for i in range(rounds):
+        with torch.inference_mode():
+            start = time.perf_counter()
+            encoder(x)
+            ref.append(time.perf_counter() - start)
+        body = _png(1000 + i)
+        start = time.perf_counter()
+        response = http.post("/embed", content=body, headers={"Content-Type": "image/png"})
+        served.append(time.perf_counter() - start)
+        response.raise_for_status()
+        stages.append(parse_server_timing(response.headers.get("Server-Timing", ""))[0])
+    return ref, served, stages
+
+
 def server_vs_reference(
     bundle: Path, image: np.ndarray, rounds: int, backend: str | None = None
 ) -> dict[str, Any]:
     """`python -m service --bundle B` with no SAMCLIP_* settings; `rounds` POST /embed of new 1024px PNGs, each
     right after one segment_anything fp32 eager pass on the same machine. Returns min/median seconds, ratios,
-    and each round's (reference s, server s, ratio): a pair shares the machine's load of the moment."""
+    each round's (reference s, server s, ratio): a pair shares the machine's load of the moment, and the
+    median of each Server-Timing stage (decode, preprocess, queue, encoder, total; ms)."""
     import httpx
     import torch
 
@@ -275,17 +298,7 @@ def server_vs_reference(
         ):
             info = http.get("/info").json()
             http.post("/embed", content=_png(999), headers={"Content-Type": "image/png"})  # warm-up
-            ref, served = [], []
-            for i in range(rounds):
-                with torch.inference_mode():
-                    start = time.perf_counter()
-                    encoder(x)
-                    ref.append(time.perf_counter() - start)
-                body = _png(1000 + i)
-                start = time.perf_counter()
-                response = http.post("/embed", content=body, headers={"Content-Type": "image/png"})
-                served.append(time.perf_counter() - start)
-                response.raise_for_status()
+            ref, served, stages = _server_rounds(http, encoder, x, rounds)
     finally:
         os.environ.update(clean)
     return {
@@ -298,6 +311,9 @@ def server_vs_reference(
         "ratio_median": statistics.median(ref) / statistics.median(served),
         "rounds": [[round(r, 3), round(s, 3), round(r / s, 2)] for r, s in zip(ref, served, strict=True)],
         "ratio_per_round_median": statistics.median(r / s for r, s in zip(ref, served, strict=True)),
+        "server_stages_median_ms": {
+            k: round(statistics.median(st.get(k, 0.0) for st in stages), 1) for k in stages[0]
+        },
     }
 
 

@@ -68,7 +68,8 @@ class ImageStore:
         self._encoder_pool = ThreadPoolExecutor(1, thread_name_prefix="samclip-encoder")
         self.batcher = Batcher(
             self._encode_batch,
-            max_batch_size=settings.max_batch_size,
+            # a backend that gains nothing from larger encoder batches (OpenVINO: one image per infer request)
+            max_batch_size=min(settings.max_batch_size, getattr(backend, "encoder_batch_limit", 1 << 30)),
             max_batch_wait_ms=settings.max_batch_wait_ms,
             queue_size=settings.queue_size,
             executor=self._encoder_pool,

@@ -158,6 +158,13 @@ class OpenVinoBackend(GraphBackend):
             self.dynamic_clip = self.load_graph(graph, self.graph_source(graph), static=False)
         return self.dynamic_clip.run(feeds)
 
+    @property
+    def encoder_batch_limit(self) -> int:
+        """Most images worth batching into one encoder call: the static batch-1 encoder runs a batch item by item
+        over its infer-request pool (1 under the LATENCY hint), so a larger batch only makes the first image
+        wait for the batcher (`max_batch_wait_ms`) and gains nothing. The image store caps its batches here."""
+        return len(self.sessions["encoder"].requests)
+
     def _actual_precision(self, graph: str) -> str:
         value = self.sessions[graph].compiled.get_property("INFERENCE_PRECISION_HINT")
         name = value.get_type_name() if hasattr(value, "get_type_name") else str(value).lower()
@@ -179,5 +186,6 @@ class OpenVinoBackend(GraphBackend):
             "threads": self.threads,
             "hint": self.hint,
             "streams": self.sessions["encoder"].compiled.get_property("NUM_STREAMS"),
+            "encoder_batch_limit": self.encoder_batch_limit,
         }
         return "cpu", self._actual_precision("encoder"), details

@@ -102,6 +102,24 @@ def test_encoder_batch_matches_single_images_and_any_clip_grid(tiny_bundle: Path
     np.testing.assert_allclose(out.image_embedding, ref_out.image_embedding, atol=2e-3)
 
 
+def test_image_store_batches_no_more_than_the_encoder_requests(tiny_bundle: Path) -> None:
+    """Under the LATENCY hint the encoder has one infer request: the store's batcher then runs each image at
+    once (batch limit 1) instead of waiting `max_batch_wait_ms` for a batch it would run item by item."""
+    from service.images.store import ImageStore
+    from service.metrics import Metrics
+    from service.settings import Settings
+
+    settings = Settings(bundle=tiny_bundle, max_batch_size=4, warmup=False)
+    bundle = Bundle.load(tiny_bundle)
+    backend = create_backend("openvino", bundle, settings, Metrics())
+    assert backend.encoder_batch_limit == 1 == backend.info.details["encoder_batch_limit"]
+    assert ImageStore(bundle, backend, settings, Metrics()).batcher.max_batch_size == 1
+    throughput = create_backend("openvino", bundle, _settings(openvino_hint="THROUGHPUT"))
+    assert throughput.encoder_batch_limit == len(throughput.sessions["encoder"].requests) >= 1
+    for b in (backend, throughput):
+        b.close()
+
+
 def test_decoder_dynamic_prompts_and_metrics(tiny_bundle: Path, reference) -> None:
     seen: list[str] = []
     metrics = SimpleNamespace(observe_graph=lambda graph, seconds: seen.append(graph))
