@@ -110,7 +110,7 @@ async def test_matches_sam_automatic_mask_generator_tiny(
     make_engine, tiny_bundle, tiny_model, params
 ) -> None:
     """torch Sam with the exported tiny weights (sharpened in both) vs the service on ONNX Runtime."""
-    engine = await make_engine(wrap=lambda backend: ScaledDecoder(backend, 2000.0))
+    engine = await make_engine(wrap=lambda backend: ScaledDecoder(backend, 2000.0), cache_dtype="float32")
     try:
         sam = reference_sam(scaled_model(tiny_model, 2000.0), engine.bundle.manifest.model.config)
         result = await compare(engine, sam, rotated_jpeg(), params)

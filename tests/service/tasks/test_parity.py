@@ -95,7 +95,7 @@ async def _engine_and_reference(make_engine, tiny_bundle, tiny_model, settings):
     assert (image.width, image.height) == (200, 320)  # EXIF rotation applied: non-square, portrait
     expected_rgb = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB"))
     np.testing.assert_array_equal(image.rgb, expected_rgb)
-    engine = await make_engine()
+    engine = await make_engine(cache_dtype="float32")  # parity with fp32 torch: no float16 storage
     ref = SamPredictor(reference_sam(tiny_model, engine.bundle.manifest.model.config))
     with torch.no_grad():
         ref.set_image(image.rgb)
