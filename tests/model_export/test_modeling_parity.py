@@ -107,7 +107,15 @@ def test_state_dict_keys_match_segment_anything(tiny_pair):
 
 
 @torch.no_grad()
-def test_image_embeddings_and_patch_tokens_match(tiny_pair):
+@pytest.mark.parametrize("chunk_pairs", [None, 1, 13000])
+def test_image_embeddings_and_patch_tokens_match(tiny_pair, chunk_pairs, monkeypatch):
+    """Also with the relative-position attention split into chunks of query rows, as vit_b's 64 x 64 global
+    blocks are at 1024 px: 1 row per chunk (windows too), 3 rows per chunk of the 16-row global grid (the last
+    chunk shorter)."""
+    from model_export.modeling import image_encoder
+
+    if chunk_pairs is not None:
+        monkeypatch.setattr(image_encoder, "BIAS_CHUNK_PAIRS", chunk_pairs)
     model, ref = tiny_pair
     x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(2))
     captured = {}
