@@ -48,7 +48,8 @@ def rel_pos_lookup(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Ten
 # this many (query, key) pairs per head (2**20: 256 queries x 4096 keys for the 64 x 64 global blocks, one chunk
 # for 14 x 14 windows). Same values as one pass; each chunk's bias (2 MB per head in bf16) is built and read
 # while it is still in cache instead of a 400 MB bias streamed through memory twice: vit_b at 1024 px in
-# OpenVINO, -12% per global-attention block (and 1/16 of the bias memory in PyTorch).
+# OpenVINO, -12% per global-attention block; the two small bias terms are computed once per block (and PyTorch
+# holds 1/16 of the bias at a time).
 BIAS_CHUNK_PAIRS = 1 << 20
 
 
@@ -69,33 +70,31 @@ class Attention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_pos_size[0] - 1, self.head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_pos_size[1] - 1, self.head_dim))
 
-    def _rel_pos_bias(self, q: torch.Tensor, rows: slice, size: tuple[int, int]) -> torch.Tensor:
-        """Additive attention bias (B, heads, r*w, h*w) for the queries of grid rows `rows` (r of them), from
-        their unscaled q (B, heads, r*w, d); keys are the whole h x w grid."""
+    def _rel_pos_terms(self, q: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two decomposed relative-position terms of the unscaled queries q (B, heads, h*w, d): bias_h
+        (B, heads, h, w, h) over key rows and bias_w (B, heads, h, w, w) over key columns."""
         (h, w), b = size, q.shape[0]
-        r_h = rel_pos_lookup(h, h, self.rel_pos_h)[rows]  # (r, h, d)
+        r_h = rel_pos_lookup(h, h, self.rel_pos_h)  # (h, h, d)
         r_w = rel_pos_lookup(w, w, self.rel_pos_w)  # (w, w, d)
-        q_grid = q.reshape(b, self.num_heads, r_h.shape[0], w, self.head_dim)
-        bias_h = torch.einsum("bnhwc,hkc->bnhwk", q_grid, r_h)
-        bias_w = torch.einsum("bnhwc,wkc->bnhwk", q_grid, r_w)
-        bias = bias_h[..., :, None] + bias_w[..., None, :]  # (b, n, r, w, h, w)
-        return bias.reshape(b, self.num_heads, r_h.shape[0] * w, h * w)
+        q_grid = q.reshape(b, self.num_heads, h, w, self.head_dim)
+        return torch.einsum("bnhwc,hkc->bnhwk", q_grid, r_h), torch.einsum("bnhwc,wkc->bnhwk", q_grid, r_w)
 
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, size: tuple[int, int]
     ) -> torch.Tensor:
-        """q, k, v (B, heads, h*w, d) -> (B, heads, h*w, d); with relative positions, chunk by chunk of rows."""
+        """q, k, v (B, heads, h*w, d) -> (B, heads, h*w, d); with relative positions, chunk by chunk of query
+        rows, each with its additive bias (B, heads, r*w, h*w) = bias_h[rows] (+) bias_w[rows]."""
         if not self.use_rel_pos:
             return F.scaled_dot_product_attention(q, k, v)
-        h, w = size
+        (h, w), b = size, q.shape[0]
+        bias_h, bias_w = self._rel_pos_terms(q, size)
         step = max(1, BIAS_CHUNK_PAIRS // (w * h * w))  # grid rows per chunk
         outs = []
         for row in range(0, h, step):
-            rows = slice(row, min(row + step, h))
-            qc = q[:, :, rows.start * w : rows.stop * w]
-            outs.append(
-                F.scaled_dot_product_attention(qc, k, v, attn_mask=self._rel_pos_bias(qc, rows, size))
-            )
+            end = min(row + step, h)
+            bias = bias_h[:, :, row:end, :, :, None] + bias_w[:, :, row:end, :, None, :]  # (b, n, r, w, h, w)
+            bias = bias.reshape(b, self.num_heads, (end - row) * w, h * w)
+            outs.append(F.scaled_dot_product_attention(q[:, :, row * w : end * w], k, v, attn_mask=bias))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
