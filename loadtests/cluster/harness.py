@@ -23,7 +23,7 @@ import httpx
 
 from loadtests.cluster import analysis
 from loadtests.cluster.metrics import Scrape, scrape
-from loadtests.cluster.procs import Processes
+from loadtests.cluster.procs import CHILD_POPEN, Processes
 from loadtests.cluster.proxy import DEFAULT_NEXT_UPSTREAM, Proxy, ProxyLimits, start_nginx
 from loadtests.cluster.scenarios import FAULTS, FaultRecord, Scenario
 from loadtests.images import make_image, unique_jpeg
@@ -150,6 +150,7 @@ class Harness:
             env={**os.environ, **env},
             stdout=log,
             stderr=subprocess.STDOUT,
+            **CHILD_POPEN,  # killed with the harness even when Ctrl-C lands before Popen returns
         )
         fault = None
         try:

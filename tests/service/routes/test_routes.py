@@ -246,7 +246,14 @@ def test_metrics_exposition(client: TestClient) -> None:
         assert needle in text, needle
 
 
-def test_concurrent_requests_share_encoder_batches(client: TestClient) -> None:
+def test_concurrent_requests_share_encoder_batches(tiny_bundle: Path) -> None:
+    """A backend that runs a batch in one call (ONNX Runtime; OpenVINO caps batches at its infer-request pool)."""
+    settings = Settings(bundle=tiny_bundle, backend="onnxruntime", max_batch_size=4, max_batch_wait_ms=150)
+    with ready_client(settings) as client:
+        share_batches(client)
+
+
+def share_batches(client: TestClient) -> None:
     metrics = client.app.state.service.metrics
     ones_before = metrics.sample("samclip_encoder_batch_size_bucket", le="1.0")
     count_before = metrics.sample("samclip_encoder_batch_size_count")
