@@ -337,7 +337,7 @@ def time_backend(label: str, backend: Any, reference: Any, inputs: tuple, runs: 
 
 def main() -> int:
     from service.bundle import Bundle
-    from service.runtime.base import create_backend
+    from service.runtime.registry import create_backend
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bundle", type=Path, default=Path("/tmp/bundles/vit_b"))

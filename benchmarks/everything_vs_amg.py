@@ -158,7 +158,7 @@ async def start_engine(bundle_path: Path, **overrides: Any) -> Any:
     from service.bundle import Bundle
     from service.engine import Engine
     from service.metrics import Metrics
-    from service.runtime.base import create_backend
+    from service.runtime.registry import create_backend
     from service.settings import Settings
 
     settings = Settings(bundle=bundle_path, variant="none", **overrides)
@@ -174,7 +174,7 @@ def _reference(args: argparse.Namespace, engine: Any, model: Any) -> Any:
         from test_parity import reference_sam
 
         return reference_sam(model, engine.bundle.manifest.model.config)
-    from service.runtime.base import create_backend
+    from service.runtime.registry import create_backend
 
     backend = create_backend("onnxruntime", engine.bundle, engine.settings)
     b = engine.bundle

@@ -53,7 +53,7 @@ def _prompts(size: tuple[int, int], count: int, seed: int) -> list[Any]:
 def _backend(bundle_dir: Path, **overrides: Any) -> tuple[Any, Any]:
     """(Bundle, the backend setting `backend` creates with these settings)."""
     from service.bundle import Bundle
-    from service.runtime.base import create_backend
+    from service.runtime.registry import create_backend
     from service.settings import Settings
 
     settings = Settings(bundle=bundle_dir, **overrides)

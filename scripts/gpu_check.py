@@ -176,7 +176,7 @@ def check_backend(
     report: dict[str, Any],
 ) -> None:
     from service.bundle import Bundle
-    from service.runtime.base import create_backend
+    from service.runtime.registry import create_backend
     from service.verify import gate_backend, verify_settings
 
     if not spec["available"]:

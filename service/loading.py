@@ -30,7 +30,7 @@ other half of the margin is uvicorn's own graceful shutdown), so the process exi
 
 def default_backend(bundle: Any, settings: Settings, metrics: Metrics) -> Any:
     """The backend `settings.backend` names (service/runtime), recording per-graph time in `metrics`."""
-    from service.runtime.base import create_backend
+    from service.runtime.registry import create_backend
 
     return create_backend(settings.backend, bundle, settings, metrics)
 

@@ -30,7 +30,8 @@ from samclip_bundle.parity import (
     random_text_ids,
 )
 from service.bundle import Bundle, BundleError
-from service.runtime.base import BackendError, create_backend
+from service.runtime.base import BackendError
+from service.runtime.registry import create_backend
 
 DEFAULT_PRECISION = {"tensorrt": "fp16"}
 

@@ -102,7 +102,7 @@ def test_no_cycle_between_packages() -> None:
     [
         "from service import x",
         "import service.bundle",
-        "def f():\n    from service.runtime.base import create_backend\n",
+        "def f():\n    from service.runtime.registry import create_backend\n",
         "from service.bundle import Bundle as B, BundleError",
     ],
 )

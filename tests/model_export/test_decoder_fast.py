@@ -54,7 +54,7 @@ def test_variant_is_written_with_its_parity(fused_bundle: tuple[Path, dict]) -> 
 
 def _backend(bundle: Path, runtime: str, decoder_variant: str):
     from service.bundle import Bundle
-    from service.runtime.base import create_backend
+    from service.runtime.registry import create_backend
 
     settings = SimpleNamespace(decoder_variant=decoder_variant, intra_op_threads=1, variant="auto")
     return create_backend(runtime, Bundle.load(bundle), settings)

@@ -32,7 +32,7 @@ def make_engine(tiny_bundle):
     from service.bundle import Bundle
     from service.engine import Engine
     from service.metrics import Metrics
-    from service.runtime.base import create_backend
+    from service.runtime.registry import create_backend
 
     async def factory(wrap: Any = None, bundle_path: Any = None, **overrides: Any) -> Engine:
         settings = Settings(bundle=bundle_path or tiny_bundle, **overrides)

@@ -68,7 +68,7 @@ def backend_factory(
     loading first waits for `gate` (a threading.Event) and raises `error` when given."""
 
     def factory(bundle: Any, settings: Any, metrics: Any) -> Any:
-        from service.runtime.base import create_backend
+        from service.runtime.registry import create_backend
 
         if gate is not None:
             gate.wait(timeout=60)

@@ -13,7 +13,8 @@ from samclip_bundle.engines import engine_filename
 from samclip_bundle.manifest import EngineRecord
 from service.bundle import Bundle
 from service.runtime.auto import Runtimes, resolve_backend
-from service.runtime.base import BackendError, create_backend
+from service.runtime.base import BackendError
+from service.runtime.registry import create_backend
 from tests.samclip_bundle.bundle_fakes import SHA, FakeCudaDriver, synthetic_manifest
 
 H200 = [("NVIDIA H200", (9, 0))]

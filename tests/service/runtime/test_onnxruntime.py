@@ -15,9 +15,10 @@ import onnxruntime as ort
 import pytest
 
 from service.bundle import Bundle
-from service.runtime.base import Backend, BackendError, create_backend
+from service.runtime.base import Backend, BackendError
 from service.runtime.cpus import available_cpus
 from service.runtime.onnxruntime import OnnxRuntimeBackend, session_options
+from service.runtime.registry import create_backend
 
 
 def _settings(**kw):

@@ -11,8 +11,9 @@ import pytest
 
 ort = pytest.importorskip("onnxruntime")
 
-from service.runtime.base import BackendError, create_backend  # noqa: E402
+from service.runtime.base import BackendError  # noqa: E402
 from service.runtime.onnxruntime import OnnxRuntimeBackend  # noqa: E402
+from service.runtime.registry import create_backend  # noqa: E402
 from tests.service.runtime.gpu_fixtures import bundle_view, parity_inputs, reference, tiny_bundle_dir  # noqa: E402
 
 HAS_CUDA_EP = "CUDAExecutionProvider" in ort.get_available_providers()

@@ -21,7 +21,8 @@ from samclip_bundle.parity import (  # noqa: E402
     random_text_ids,
 )
 from service.bundle import Bundle  # noqa: E402
-from service.runtime.base import BackendError, available_backends, create_backend  # noqa: E402
+from service.runtime.base import BackendError  # noqa: E402
+from service.runtime.registry import available_backends, create_backend
 
 
 def _settings(**kw: object) -> SimpleNamespace:

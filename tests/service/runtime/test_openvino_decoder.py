@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("openvino")
 
 from service.bundle import Bundle  # noqa: E402
-from service.runtime.base import create_backend  # noqa: E402
 from service.runtime.openvino_decoder import WARM_SHAPES, DecoderModels  # noqa: E402
+from service.runtime.registry import create_backend  # noqa: E402
 
 
 def _backend(bundle: Path, shapes: int = 8):

@@ -19,8 +19,9 @@ import pytest
 
 from samclip_bundle.engines import engine_filename
 from samclip_bundle.manifest import EngineRecord, Manifest
-from service.runtime.base import BackendError, create_backend
+from service.runtime.base import BackendError
 from service.runtime.cuda_rt import CudaRuntime
+from service.runtime.registry import create_backend
 from service.runtime.tensorrt import TensorRTBackend
 from tests.samclip_bundle.bundle_fakes import synthetic_manifest
 from tests.service.runtime.trt_fakes import SPECS, C, D, FakeCudart, FakeTrt, G, L, S, W  # noqa: E402

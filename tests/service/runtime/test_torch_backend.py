@@ -13,7 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from samclip_bundle.manifest import Manifest, WeightSource  # noqa: E402
-from service.runtime.base import BackendError, create_backend  # noqa: E402
+from service.runtime.base import BackendError  # noqa: E402
+from service.runtime.registry import create_backend  # noqa: E402
 from service.runtime.torch_backend import TorchBackend  # noqa: E402
 from tests.service.runtime.gpu_fixtures import bundle_view, parity_inputs, reference, tiny_bundle_dir  # noqa: E402
 

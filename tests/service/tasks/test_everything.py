@@ -148,7 +148,7 @@ async def test_matches_sam_automatic_mask_generator_demo_bundle(params) -> None:
     engine = await start_engine(DEMO_BUNDLE)
     try:
         b = engine.bundle
-        from service.runtime.base import create_backend
+        from service.runtime.registry import create_backend
 
         sam = bundle_sam(
             create_backend("onnxruntime", b, engine.settings), b.image_size, b.pixel_mean, b.pixel_std
