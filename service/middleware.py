@@ -117,17 +117,7 @@ class RequestContextMiddleware:
             if counted:
                 metrics.inflight.dec()
             metrics.observe_request(_endpoint_label(scope), sent["status"], seconds)
-            level = logging.DEBUG if not counted else logging.INFO
-            access_log.log(
-                level,
-                "%s %s -> %s in %.1f ms (%s)%s",
-                scope.get("method"),
-                scope.get("path"),
-                sent["status"],
-                seconds * 1000.0,
-                timings.header() or "-",
-                note,
-            )
+            _access_line(scope, sent["status"], seconds, timings, note, probe=not counted)
             request_id_var.reset(token)
 
     async def _cancelled(self, send: Send, rid: str, sent: dict) -> str:
@@ -216,3 +206,17 @@ async def _send_error(
         headers.append((b"retry-after", str(retry_after).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _access_line(scope: Scope, status: int, seconds: float, timings: Timings, note: str, probe: bool) -> None:
+    """One access-log line per request (probes at DEBUG): method, path, status, time, Server-Timing stages."""
+    access_log.log(
+        logging.DEBUG if probe else logging.INFO,
+        "%s %s -> %s in %.1f ms (%s)%s",
+        scope.get("method"),
+        scope.get("path"),
+        status,
+        seconds * 1000.0,
+        timings.header() or "-",
+        note,
+    )
