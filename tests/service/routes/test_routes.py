@@ -249,20 +249,16 @@ def test_metrics_exposition(client: TestClient) -> None:
 def test_concurrent_requests_share_encoder_batches(tiny_bundle: Path) -> None:
     """A backend that runs a batch in one call (ONNX Runtime; OpenVINO caps batches at its infer-request pool)."""
     settings = Settings(bundle=tiny_bundle, backend="onnxruntime", max_batch_size=4, max_batch_wait_ms=150)
-    with ready_client(settings) as client:
-        share_batches(client)
-
-
-def share_batches(client: TestClient) -> None:
-    metrics = client.app.state.service.metrics
-    ones_before = metrics.sample("samclip_encoder_batch_size_bucket", le="1.0")
-    count_before = metrics.sample("samclip_encoder_batch_size_count")
     images = [png_bytes(64 + i, 48, seed=200 + i) for i in range(8)]
-    with ThreadPoolExecutor(8) as pool:
-        responses = list(pool.map(lambda img: client.post("/embed", content=img, headers=PNG), images))
+    with ready_client(settings) as client:
+        metrics = client.app.state.service.metrics
+        ones_before = metrics.sample("samclip_encoder_batch_size_bucket", le="1.0")
+        count_before = metrics.sample("samclip_encoder_batch_size_count")
+        with ThreadPoolExecutor(8) as pool:
+            responses = list(pool.map(lambda img: client.post("/embed", content=img, headers=PNG), images))
+        batches = metrics.sample("samclip_encoder_batch_size_count") - count_before
+        singles = metrics.sample("samclip_encoder_batch_size_bucket", le="1.0") - ones_before
     assert all(r.status_code == 200 for r in responses)
-    batches = metrics.sample("samclip_encoder_batch_size_count") - count_before
-    singles = metrics.sample("samclip_encoder_batch_size_bucket", le="1.0") - ones_before
     assert batches < 8 and singles < batches, (batches, singles)
 
 
