@@ -16,7 +16,9 @@ Equivalences (verified in tests/service/pipeline/test_transforms.py against segm
 Decisions at original size, straight to the layout COCO RLE reads (the fast path; `postprocess_masks` + `> 0`
 / argmax is the plain one, and tests/service/images/test_transforms.py compares them):
 - `upscale_to_input` does the first resize only over the rows/columns the crop keeps (same values);
-- `upsample_decision` resizes the last step (input frame -> original) of the TRANSPOSED maps, so the decision
+- `upscale_to_input(..., transposed=True)` resizes the transposed low-res block (the same values, transposed:
+  no full-size transpose is made) and `upsample_decision_t` resizes the last step (input frame -> original) of
+  those TRANSPOSED maps, so the decision
   comes out as (H, W) in Fortran order (column-major, COCO RLE's order: encoded without another pass):
   one map (a SAM mask, or text vs one background prompt as their difference) in one OpenCV call and `> 0`,
   one (H, W) float map at a time. Several maps (several texts): the per-pixel first argmax; when the argmax
@@ -108,6 +110,9 @@ def resize_bilinear(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     channels, h, w = maps.shape
     if (h, w) == tuple(size):
         return maps.astype(np.float32, copy=True)
+    if channels == 1:  # one 2-D call, no channel-last copies
+        one = np.ascontiguousarray(maps[0], dtype=np.float32)
+        return cv2.resize(one, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)[None]
     out = np.empty((channels, size[0], size[1]), dtype=np.float32)
     for start in range(0, channels, 4):  # OpenCV resizes up to 4 channels per call efficiently
         chunk = np.ascontiguousarray(maps[start : start + 4].transpose(1, 2, 0), dtype=np.float32)
@@ -154,16 +159,25 @@ class LinearAxis:
         return lo + w * (np.take(flat, base + self.hi[idx], axis=1) - lo)
 
 
-def upscale_to_input(maps: np.ndarray, input_size: tuple[int, int], image_size: int) -> np.ndarray:
+def upscale_to_input(
+    maps: np.ndarray, input_size: tuple[int, int], image_size: int, transposed: bool = False
+) -> np.ndarray:
     """maps (C, g, g) over the padded S x S input -> (C, new_h, new_w) float32 == resize_bilinear to (S, S)
     cropped to input_size, resizing only the source rows / columns the crop reads (one more than it needs, so
-    edge clamping never differs)."""
+    edge clamping never differs). transposed: the same values as (C, new_w, new_h) (each map transposed),
+    resized from the transposed low-res block, so no full-size transpose is ever made (upsample_decision_t)."""
     grid = maps.shape[-1]
     keep = [min(grid, -(-size * grid // image_size) + 1) for size in input_size]
-    block = np.ascontiguousarray(maps[:, : keep[0], : keep[1]], dtype=np.float32)
+    block = maps[:, : keep[0], : keep[1]]
     scale = image_size // grid
-    full = resize_bilinear(block, (keep[0] * scale, keep[1] * scale))
-    return full[:, : input_size[0], : input_size[1]]
+    if not transposed:
+        full = resize_bilinear(
+            np.ascontiguousarray(block, dtype=np.float32), (keep[0] * scale, keep[1] * scale)
+        )
+        return full[:, : input_size[0], : input_size[1]]
+    block_t = np.ascontiguousarray(block.transpose(0, 2, 1), dtype=np.float32)  # (C, keep_w, keep_h)
+    full = resize_bilinear(block_t, (keep[1] * scale, keep[0] * scale))
+    return full[:, : input_size[1], : input_size[0]]
 
 
 BAND_DENSITY = 0.02  # measured on 12-MP outputs of 3 to 5 maps: above it, resampling every pixel is faster
@@ -209,13 +223,19 @@ def _dense(src: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def upsample_decision(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """`decide` of the bilinear resize of maps (C, h, w) float32 to size (H, W), as an (H, W) array in Fortran
-    order (a transposed view of a C-contiguous (W, H) array). One map: resized in one OpenCV call straight to
-    the transposed layout, then `> 0`. Several: when their decision changes between fewer than
-    BAND_DENSITY of the neighbouring source samples, only the pixels between samples that disagree are
-    resampled (`_banded`); else every pixel, one float map at a time (`_dense`)."""
-    src = _transposed(maps)  # (C, w, h): source column k is row k
+    order (a transposed view of a C-contiguous (W, H) array): upsample_decision_t of the transposed maps."""
+    return upsample_decision_t(_transposed(maps), size)
+
+
+def upsample_decision_t(src: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """upsample_decision from the TRANSPOSED maps src (C, w, h) (source column k is row k; a strided view is
+    fine). One map: resized in one OpenCV call straight to the transposed layout, then `> 0`. Several: when
+    their decision changes between fewer than BAND_DENSITY of the neighbouring source samples, only the pixels
+    between samples that disagree are resampled (`_banded`); else every pixel, one float map at a time
+    (`_dense`)."""
     if len(src) == 1:
         return _dense(src, size).T
+    src = np.ascontiguousarray(src, dtype=np.float32)
     labels = decide(src.reshape(len(src), -1)).reshape(src.shape[1:])  # (w, h)
     across = labels[:-1] != labels[1:]  # (w - 1, h): neighbouring source columns that disagree
     if np.count_nonzero(across) > BAND_DENSITY * across.size:
@@ -257,4 +277,6 @@ def postprocess_decision(
 ) -> np.ndarray:
     """The fast path of `decide(postprocess_masks(...))`: low_res (C, g, g) logits over the padded input ->
     (H, W) decision at ORIGINAL size, Fortran order: for C = 1 the SAM mask `logits > 0`."""
-    return upsample_decision(upscale_to_input(low_res, input_size, image_size), original_size)
+    return upsample_decision_t(
+        upscale_to_input(low_res, input_size, image_size, transposed=True), original_size
+    )

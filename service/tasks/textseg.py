@@ -11,7 +11,7 @@
    score(t) = mean probability of t over its mask pixels (0.0 for an empty mask).
 
 Fast path (`text_masks`): step 2 runs to the input frame only (upscale_to_input), and the per-pixel rule is
-applied at original size by `upsample_decision` (service/images/transforms.py): the first argmax of the
+applied at original size by `upsample_decision_t` (service/images/transforms.py; on the transposed maps): the first argmax of the
 bilinearly resized class logits (argmax of the probabilities == argmax of the logits), without forming the
 (C, H, W) maps; with one text and one background prompt, text wins where (background - text) is not > 0, one
 map. The masks are those of the plain path (`full_res_text_masks`, kept as the reference) except where two
@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.images.entry import ImageEntry
-from service.images.transforms import LinearAxis, postprocess_masks, upsample_decision, upscale_to_input
+from service.images.transforms import LinearAxis, postprocess_masks, upsample_decision_t, upscale_to_input
 from service.tasks.heads import Heads
 from service.tasks.results import MaskResult
 from service.timing import Timings
@@ -98,11 +98,12 @@ def _input_frame_winners(up: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return winner, 1.0 / np.exp(up - best).sum(axis=0)
 
 
-def _sliver_score(up: np.ndarray, mask: np.ndarray, t: int) -> float:
-    """Mean probability of class t over the pixels of an original-size mask (few pixels: each resampled)."""
+def _sliver_score(up_t: np.ndarray, mask: np.ndarray, t: int) -> float:
+    """Mean probability of class t over the pixels of an original-size mask (few pixels: each resampled).
+    up_t (C, n_w, n_h): the input-frame class logits, transposed."""
     xs, ys = np.nonzero(mask.T)  # the mask is F-ordered: its transpose is the cheap one to scan
-    ay, ax = LinearAxis.of(up.shape[1], mask.shape[0]), LinearAxis.of(up.shape[2], mask.shape[1])
-    by_row = np.ascontiguousarray(up.transpose(0, 2, 1))  # (C, w, h)
+    ay, ax = LinearAxis.of(up_t.shape[2], mask.shape[0]), LinearAxis.of(up_t.shape[1], mask.shape[1])
+    by_row = np.ascontiguousarray(up_t)  # (C, w, h)
     left, right = ay.at(by_row, ax.lo[xs], ys), ay.at(by_row, ax.hi[xs], ys)
     return float(np.mean(_softmax(left + ax.w[xs] * (right - left))[t]))
 
@@ -117,13 +118,13 @@ def text_masks(
     """logits (C, h, w) from class_logits; labels: the len(labels) <= C query texts (the first channels).
     Returns one MaskResult per label at ORIGINAL size ((H, W) bool, Fortran order; iou_prediction None).
     The fast path (module docstring)."""
-    up = upscale_to_input(logits, input_size, image_size)  # (C, new_h, new_w) float32
-    won, prob = _input_frame_winners(up)
+    up = upscale_to_input(logits, input_size, image_size, transposed=True)  # (C, new_w, new_h) float32
+    won, prob = _input_frame_winners(up)  # transposed too: only their means over pixels are used
     if len(up) == 2:  # one text, one background prompt: text wins unless background - text > 0
-        background = upsample_decision(up[1:] - up[:1], original_size)
+        background = upsample_decision_t(up[1:] - up[:1], original_size)
         masks = [~background, background][: len(labels)]
     else:
-        winners = upsample_decision(up, original_size)
+        winners = upsample_decision_t(up, original_size)
         masks = [winners == t for t in range(len(labels))]
     results = []
     for t, (label, mask) in enumerate(zip(labels, masks, strict=True)):

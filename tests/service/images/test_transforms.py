@@ -100,6 +100,9 @@ def test_upscale_to_input_is_resize_then_crop(original: tuple[int, int], grid: i
     input_size = transforms.preprocess_shape(*original, 256)
     ref = transforms.resize_bilinear(maps, (256, 256))[:, : input_size[0], : input_size[1]]
     np.testing.assert_array_equal(transforms.upscale_to_input(maps, input_size, 256), ref)
+    for channels in (3, 1):  # the transposed layout: the same values (a map resized alone: same again)
+        transposed = transforms.upscale_to_input(maps[:channels], input_size, 256, transposed=True)
+        np.testing.assert_allclose(transposed, ref[:channels].transpose(0, 2, 1), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("original", [(300, 451), (451, 300), (1000, 97), (40, 30), (9, 700), (1500, 2250)])
