@@ -200,11 +200,6 @@ def _readers(axis: LinearAxis, samples: np.ndarray) -> tuple[np.ndarray, np.ndar
     return owner, np.repeat(start, reps) + np.arange(len(owner)) - np.repeat(np.cumsum(reps) - reps, reps)
 
 
-def _transposed(maps: np.ndarray) -> np.ndarray:
-    """(C, h, w) -> (C, w, h) float32, C-contiguous (OpenCV's blocked transpose)."""
-    return np.stack([cv2.transpose(np.ascontiguousarray(m, dtype=np.float32)) for m in maps])
-
-
 def _dense(src: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Every pixel resampled: src (C, w, h) transposed maps -> decision (W, H), one (W, H) float map at a time
     (running first argmax over the maps)."""
@@ -221,18 +216,13 @@ def _dense(src: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return winner
 
 
-def upsample_decision(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`decide` of the bilinear resize of maps (C, h, w) float32 to size (H, W), as an (H, W) array in Fortran
-    order (a transposed view of a C-contiguous (W, H) array): upsample_decision_t of the transposed maps."""
-    return upsample_decision_t(_transposed(maps), size)
-
-
 def upsample_decision_t(src: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """upsample_decision from the TRANSPOSED maps src (C, w, h) (source column k is row k; a strided view is
-    fine). One map: resized in one OpenCV call straight to the transposed layout, then `> 0`. Several: when
-    their decision changes between fewer than BAND_DENSITY of the neighbouring source samples, only the pixels
-    between samples that disagree are resampled (`_banded`); else every pixel, one float map at a time
-    (`_dense`)."""
+    """`decide` of the bilinear resize of maps (C, h, w) float32 to size (H, W), as an (H, W) array in Fortran
+    order (a transposed view of a C-contiguous (W, H) array), from the TRANSPOSED maps src (C, w, h) (source
+    column k is row k; a strided view is fine). One map: resized in one OpenCV call straight to the transposed
+    layout, then `> 0`. Several: when their decision changes between fewer than BAND_DENSITY of the
+    neighbouring source samples, only the pixels between samples that disagree are resampled (`_banded`); else
+    every pixel, one float map at a time (`_dense`)."""
     if len(src) == 1:
         return _dense(src, size).T
     src = np.ascontiguousarray(src, dtype=np.float32)

@@ -11,13 +11,13 @@
    score(t) = mean probability of t over its mask pixels (0.0 for an empty mask).
 
 Fast path (`text_masks`): step 2 runs to the input frame only (upscale_to_input), and the per-pixel rule is
-applied at original size by `upsample_decision_t` (service/images/transforms.py; on the transposed maps): the first argmax of the
-bilinearly resized class logits (argmax of the probabilities == argmax of the logits), without forming the
-(C, H, W) maps; with one text and one background prompt, text wins where (background - text) is not > 0, one
-map. The masks are those of the plain path (`full_res_text_masks`, kept as the reference) except where two
-classes tie within float32 rounding. The score's mean is taken over the pixels t wins in the input frame
-(new_h x new_w) instead of at original size - the same average sampled at the model's resolution (a mask
-that exists at original size only, a sliver narrower than one input pixel, averages its own pixels).
+applied at original size by `upsample_decision_t` (service/images/transforms.py, on the transposed maps): the
+first argmax of the bilinearly resized class logits (argmax of the probabilities == argmax of the logits), without
+forming the (C, H, W) maps; with one text and one background prompt, text wins where (background - text) is not >
+0, one map. The masks are those of the plain path (`full_res_text_masks`, kept as the reference) except where two
+classes tie within float32 rounding. The score's mean is taken over the pixels t wins in the input frame (new_w x
+new_h, transposed) instead of at original size - the same average sampled at the model's resolution (a mask that
+exists at original size only, a sliver narrower than one input pixel, averages its own pixels).
 """
 
 from __future__ import annotations

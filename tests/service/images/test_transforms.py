@@ -145,5 +145,5 @@ def test_multi_class_argmax_equals_the_plain_path(kind: str, monkeypatch: pytest
 def test_ties_go_to_the_first_class() -> None:
     maps = np.zeros((3, 8, 8), np.float32)
     maps[1:, :, 4:] = 1.0  # classes 1 and 2 tie on the right half
-    out = transforms.upsample_decision(maps, (16, 16))
+    out = transforms.upsample_decision_t(maps.transpose(0, 2, 1), (16, 16))
     assert set(np.unique(out[:, 10:])) == {1} and set(np.unique(out[:, :6])) == {0}
