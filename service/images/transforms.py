@@ -16,16 +16,15 @@ Equivalences (verified in tests/service/pipeline/test_transforms.py against segm
 Decisions at original size, straight to the layout COCO RLE reads (the fast path; `postprocess_masks` + `> 0`
 / argmax is the plain one, and tests/service/images/test_transforms.py compares them):
 - `upscale_to_input` does the first resize only over the rows/columns the crop keeps (same values);
-- `upscale_to_input(..., transposed=True)` resizes the transposed low-res block (the same values, transposed:
-  no full-size transpose is made) and `upsample_decision_t` resizes the last step (input frame -> original) of
-  those TRANSPOSED maps, so the decision
-  comes out as (H, W) in Fortran order (column-major, COCO RLE's order: encoded without another pass):
-  one map (a SAM mask, or text vs one background prompt as their difference) in one OpenCV call and `> 0`,
-  one (H, W) float map at a time. Several maps (several texts): the per-pixel first argmax; when the argmax
-  changes between few neighbouring source samples (smooth maps), as two 1-D passes that resample only the
-  pixels between samples that disagree (bilinear weights are non-negative and shared by every map, so a pixel
-  whose two source samples carry the same decision keeps it): work beyond the output then scales with the
-  length of the boundaries, not with the image.
+- `upscale_to_input(..., transposed=True)` resizes the transposed low-res block (the same values, transposed: no
+  full-size transpose is made) and `upsample_decision_t` resizes the last step (input frame -> original) of
+  those TRANSPOSED maps, so the decision comes out as (H, W) in Fortran order (column-major, COCO RLE's order:
+  encoded without another pass): one map (a SAM mask, or text vs one background prompt as their difference) in
+  one OpenCV call and `> 0`, one (H, W) float map at a time. Several maps (several texts): the per-pixel first
+  argmax; when the argmax changes between few neighbouring source samples (smooth maps), as two 1-D passes that
+  resample only the pixels between samples that disagree (bilinear weights are non-negative and shared by every
+  map, so a pixel whose two source samples carry the same decision keeps it): work beyond the output then scales
+  with the length of the boundaries, not with the image.
   Both may differ from the plain path only where a value is within float32 rounding of the decision threshold.
 """
 
@@ -168,16 +167,12 @@ def upscale_to_input(
     resized from the transposed low-res block, so no full-size transpose is ever made (upsample_decision_t)."""
     grid = maps.shape[-1]
     keep = [min(grid, -(-size * grid // image_size) + 1) for size in input_size]
-    block = maps[:, : keep[0], : keep[1]]
+    block, out = maps[:, : keep[0], : keep[1]], list(input_size)
+    if transposed:  # bilinear resizing is separable: the transposed block resizes to the transposed maps
+        block, keep, out = block.transpose(0, 2, 1), keep[::-1], out[::-1]
     scale = image_size // grid
-    if not transposed:
-        full = resize_bilinear(
-            np.ascontiguousarray(block, dtype=np.float32), (keep[0] * scale, keep[1] * scale)
-        )
-        return full[:, : input_size[0], : input_size[1]]
-    block_t = np.ascontiguousarray(block.transpose(0, 2, 1), dtype=np.float32)  # (C, keep_w, keep_h)
-    full = resize_bilinear(block_t, (keep[1] * scale, keep[0] * scale))
-    return full[:, : input_size[1], : input_size[0]]
+    full = resize_bilinear(np.ascontiguousarray(block, dtype=np.float32), (keep[0] * scale, keep[1] * scale))
+    return full[:, : out[0], : out[1]]
 
 
 BAND_DENSITY = 0.02  # measured on 12-MP outputs of 3 to 5 maps: above it, resampling every pixel is faster
