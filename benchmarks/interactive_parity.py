@@ -267,9 +267,14 @@ def _task(bundle: Any, backend: Any, encoded: Any, size: tuple[int, int], dtype:
     return lambda: segment_prompts(heads, entry, [box], False, Timings())
 
 
-def figures(bundle_dir: Path, size: tuple[int, int], repeats: int = 20) -> dict[str, Any]:
+def figures(
+    bundle_dir: Path, size: tuple[int, int], repeats: int = 20, photo: tuple[int, int] | None = None
+) -> dict[str, Any]:
     """All in-process figures (one backend at a time: memory). The official decoder comparison needs a vit_b
-    bundle (segment_anything builds vit_b); for other models it is reported as skipped."""
+    bundle (segment_anything builds vit_b); for other models it is reported as skipped. `mask_render`: one
+    trained-like mask at `size` and `photo` (benchmarks/mask_render.py)."""
+    from mask_render import figures as mask_render_figures
+
     from samclip_bundle.manifest import Manifest
 
     out: dict[str, Any] = {
@@ -281,4 +286,5 @@ def figures(bundle_dir: Path, size: tuple[int, int], repeats: int = 20) -> dict[
         out["official"] = official_decoder(bundle_dir, size, repeats)
     else:
         out["official"] = {"skipped": f"segment_anything's SamOnnxModel is built for vit_b, not {model}"}
+    out["mask_render"] = mask_render_figures([size] + ([photo] if photo else []), max(repeats, 20))
     return out

@@ -251,6 +251,17 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     f"fast/official {off['fast_over_official']}, fast/plain {off['fast_over_plain']}",
                 )
             )
+    for fig in offline.get("mask_render", []):
+        ms = fig["ms"]
+        out.append(
+            (
+                "trained-like mask {}x{}: postprocess + RLE, ms".format(*fig["size"][::-1]),
+                _fmt(ms["runs"]),
+                _fmt(ms["plain"]),
+                f"runs path; per-pixel fast path {_fmt(ms['bitmap'])} (runs/bitmap {fig['runs_over_bitmap']}, "
+                f"runs/plain {fig['runs_over_plain']}); same JSON {fig['same_json']}; {fig['rle_chars']} RLE chars",
+            )
+        )
     return out
 
 

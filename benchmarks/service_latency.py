@@ -333,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             client.close()
             old.close()
-    offline = {} if args.no_offline else figures(args.bundle, (args.height, args.width), args.cached_repeats)
+    photo = (args.photo_height, args.photo_width)
+    offline = (
+        {} if args.no_offline else figures(args.bundle, (args.height, args.width), args.cached_repeats, photo)
+    )
     result = {
         "model": model, "backend": served["name"], "requested_backend": args.backend or "(server default)",
         "selection": served.get("details", {}).get("selection"), "bundle": str(args.bundle),

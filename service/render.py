@@ -14,6 +14,8 @@ row-major pixels and transpose an F-ordered mask once.
   X-Image-Cached.
 - bbox: [x, y, w, h] of the tightest box holding every mask pixel (COCO convention); [0, 0, 0, 0] if empty.
 - low_res_logits (with `return_logits`): base64 of a float32 `.npy` (4h, 4w), accepted back as `mask_input`.
+A result that holds its mask as runs (`MaskResult.runs`, service/images/runs.py) gives RLE, bbox and area from
+them (no bitmap is made); polygons and PNG decode the bitmap once.
 """
 
 from __future__ import annotations
@@ -89,17 +91,29 @@ def mask_area(mask: np.ndarray) -> int:
     return int(cv2.countNonZero(_uint8(mask)[0]))
 
 
+def result_rle(result: MaskResult) -> dict[str, Any]:
+    """The result's mask as COCO compressed RLE (from its runs when it holds them)."""
+    return result.runs.rle() if result.runs is not None else encode_rle(result.mask)
+
+
+def result_bbox(result: MaskResult) -> list[int]:
+    return result.runs.bbox() if result.runs is not None else mask_bbox(result.mask)
+
+
+def result_area(result: MaskResult) -> int:
+    return result.runs.area() if result.runs is not None else mask_area(result.mask)
+
+
 def mask_to_json(result: MaskResult, fmt: str = "rle", logits: bool = False) -> dict[str, Any]:
     """A MaskResult -> {"segmentation", "bbox", "area", "score", "iou_prediction", "label"} (+ "low_res_logits"
     when `logits`: the encoded low-res logits, or None for masks that have none). fmt: "rle" or "polygon"."""
     if fmt not in MASK_FORMATS:
         raise ValueError(f"unknown mask format {fmt!r}; use one of {MASK_FORMATS}")
-    mask = result.mask
     iou = result.iou_prediction
     out = {
-        "segmentation": encode_rle(mask) if fmt == "rle" else encode_polygon(mask),
-        "bbox": mask_bbox(mask),
-        "area": mask_area(mask),
+        "segmentation": result_rle(result) if fmt == "rle" else encode_polygon(result.mask),
+        "bbox": result_bbox(result),
+        "area": result_area(result),
         "score": float(result.score),
         "iou_prediction": None if iou is None else float(iou),
         "label": result.label,
@@ -125,8 +139,8 @@ def png(results: list[MaskResult], index: int, entry: ImageEntry) -> tuple[bytes
         "X-Mask-Index": str(index),
         "X-Mask-Count": str(len(results)),
         "X-Mask-Score": f"{float(result.score):.6g}",
-        "X-Mask-Bbox": ",".join(str(v) for v in mask_bbox(result.mask)),
-        "X-Mask-Area": str(mask_area(result.mask)),
+        "X-Mask-Bbox": ",".join(str(v) for v in result_bbox(result)),
+        "X-Mask-Area": str(result_area(result)),
         "X-Image-Id": entry.image_id,
         "X-Image-Cached": "true" if entry.cached else "false",
     }

@@ -2,8 +2,10 @@
 post-processing to the original size. Blocking calls: tasks run in a worker thread, never on the event loop.
 The backend serialises calls per graph itself, so several tasks may call these at once.
 
-Mask post-processing (`masks`): the fast path `postprocess_decision` (service/images/transforms.py) decides
-`logits > 0` at original size without original-size float logits; the result is (H, W) bool in Fortran order.
+Mask post-processing (`masks`), fast path: a mask with few runs (a trained SAM's) comes out as COCO RLE runs
+straight from its low-res logits (`mask_runs`, service/images/runs.py: no original-size array at all; the bitmap
+is decoded only if a renderer needs it); any other `postprocess_decision` (service/images/transforms.py), which
+decides `logits > 0` at original size without original-size float logits: (H, W) bool in Fortran order.
 `plain_masks` is the plain path (`postprocess_masks(...) > 0`, == segment_anything's
 `Sam.postprocess_masks(...) > 0`), the reference the tests compare the fast one with; setting `postprocess`
 "plain" (read from the backend's settings) makes `masks` (and text-segment) use it, e.g. to benchmark both.
@@ -20,6 +22,7 @@ import numpy as np
 
 from service.errors import InferenceFailed
 from service.images.entry import ImageEntry
+from service.images.runs import MaskRuns, mask_runs
 from service.images.transforms import postprocess_decision, postprocess_masks
 from service.runtime.base import ClipOutput, DecoderOutput, setting
 from service.tasks.results import MaskResult
@@ -85,15 +88,18 @@ class Heads:
         label: str | None = None,
     ) -> list[MaskResult]:
         """low_res (M, 4h, 4w) logits, scores (M,) predicted IoU -> M masks at ORIGINAL size (logits > 0),
-        each (H, W) bool in Fortran order (the fast path; see the module docstring)."""
+        each as runs or as (H, W) bool in Fortran order (the fast path; see the module docstring)."""
         with timings.measure("postprocess"):
             if self.plain:
                 return self.plain_masks(entry, low_res, scores, label)
-            masks = [
-                postprocess_decision(logits[None], entry.input_size, entry.original_size, self.image_size)
-                for logits in low_res
-            ]
+            masks = [self._mask(entry, logits) for logits in low_res]
             return _results(masks, low_res, scores, label)
+
+    def _mask(self, entry: ImageEntry, logits: np.ndarray) -> np.ndarray | MaskRuns:
+        """One mask of the fast path: runs when `mask_runs` applies, else the Fortran-ordered bitmap."""
+        args = (entry.input_size, entry.original_size, self.image_size)
+        runs = mask_runs(logits, *args)
+        return postprocess_decision(logits[None], *args) if runs is None else runs
 
     def plain_masks(
         self, entry: ImageEntry, low_res: np.ndarray, scores: np.ndarray, label: str | None = None
@@ -104,11 +110,11 @@ class Heads:
 
 
 def _results(
-    masks: list[np.ndarray], low_res: np.ndarray, scores: np.ndarray, label: str | None
+    masks: list[np.ndarray | MaskRuns], low_res: np.ndarray, scores: np.ndarray, label: str | None
 ) -> list[MaskResult]:
     return [
         MaskResult(
-            mask=mask,
+            **({"runs": mask} if isinstance(mask, MaskRuns) else {"mask": mask}),
             score=_finite(scores[m]),
             iou_prediction=_finite(scores[m]),
             label=label,

@@ -131,7 +131,7 @@ def _instances(texts: list[str], parts: list[Component], masks: list[MaskResult]
         for index, (part, sam) in enumerate(mine):
             found.append(
                 InstanceMask(
-                    mask=sam.mask,
+                    **sam.held(),
                     score=sam.score,
                     iou_prediction=sam.iou_prediction,
                     label=text,

@@ -96,3 +96,28 @@ async def test_setting_postprocess_plain_runs_the_plain_path(make_engine, settin
     for fast, plain in zip(out["fast"], out["plain"], strict=True):
         assert fast.mask.flags.f_contiguous and plain.mask.flags.c_contiguous
         assert np.count_nonzero(fast.mask != plain.mask) <= 1e-5 * plain.mask.size
+
+
+@pytest.mark.parametrize("kind", ["blobs", "noise"])
+async def test_masks_as_runs_render_like_the_plain_path(make_engine, kind: str) -> None:
+    """Heads.masks on logits shaped like a trained SAM's (a few blobs) holds each mask as RLE runs (no bitmap
+    until one is read) and renders the same JSON and PNG as the plain path; on noise it keeps the bitmap."""
+    from service import render
+
+    engine = await make_engine()
+    heads = engine.heads
+    entry = await entry_of(engine, png_bytes(900, 600, seed=13))  # larger than the input frame: runs apply
+    grid = heads.mask_grid
+    yy, xx = np.mgrid[0:grid, 0:grid] / grid
+    blobs = np.exp(-((yy - 0.3) ** 2 + (xx - 0.4) ** 2) / 0.02) + np.exp(
+        -((yy - 0.5) ** 2 + (xx - 0.8) ** 2) / 0.01
+    )
+    noise = np.random.default_rng(14).normal(size=(grid, grid))
+    low = ((blobs - 0.5) if kind == "blobs" else noise).astype(np.float32)[None]
+    (fast,) = heads.masks(entry, low, np.array([0.9]), Timings())
+    (plain,) = heads.plain_masks(entry, low, np.array([0.9]))
+    assert (fast.runs is not None) == (kind == "blobs")
+    assert render.mask_to_json(fast) == render.mask_to_json(plain)
+    assert render.png([fast], 0, entry) == render.png([plain], 0, entry)
+    np.testing.assert_array_equal(fast.mask, plain.mask)
+    await engine.stop()
