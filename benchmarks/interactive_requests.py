@@ -253,13 +253,15 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             )
     for fig in offline.get("mask_render", []):
         ms = fig["ms"]
+        note = f"per-pixel fast path {_fmt(ms['bitmap'])}"
+        if "runs" in ms:
+            note = f"runs path; {note} (runs/bitmap {fig['runs_over_bitmap']}, runs/plain {fig['runs_over_plain']})"
         out.append(
             (
                 "trained-like mask {}x{}: postprocess + RLE, ms".format(*fig["size"][::-1]),
-                _fmt(ms["runs"]),
+                _fmt(ms.get("runs", ms["bitmap"])),
                 _fmt(ms["plain"]),
-                f"runs path; per-pixel fast path {_fmt(ms['bitmap'])} (runs/bitmap {fig['runs_over_bitmap']}, "
-                f"runs/plain {fig['runs_over_plain']}); same JSON {fig['same_json']}; {fig['rle_chars']} RLE chars",
+                f"{note}; same JSON {fig['same_json']}; {fig['rle_chars']} RLE chars",
             )
         )
     return out

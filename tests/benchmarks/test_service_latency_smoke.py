@@ -109,6 +109,19 @@ def test_interactive_figures_against_the_previous_path(bench: tuple[dict, str]) 
         and offline["storage_parity"]["text_segment_iou"] >= 0.98
     )
     assert "skipped" in offline["official"]  # segment_anything's vit_b only
+    # the trained-like mask figure at both sizes (smaller than the 1024 input frame: no runs path), same JSON
+    render = offline["mask_render"]
+    assert [tuple(f["size"]) for f in render] == [(400, 600), (600, 800)]
+    assert all(f["same_json"] and "runs" not in f["ms"] and f["ms"]["bitmap"] > 0 for f in render)
+
+
+def test_mask_render_times_the_runs_path_where_it_applies() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    from mask_render import figures
+
+    (fig,) = figures([(1100, 1650)], repeats=2)
+    assert fig["same_json"] and fig["rle_chars"] > 0
+    assert set(fig["ms"]) == {"runs", "bitmap", "plain"} and fig["runs_over_plain"] > 0
 
 
 def _module():
