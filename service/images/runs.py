@@ -74,6 +74,11 @@ class MaskRuns:
         x0, x1 = int(first[0] // height), int(last[-1] // height)
         return [x0, y0, x1 - x0 + 1, y1 - y0 + 1]
 
+    def inverted(self) -> MaskRuns:
+        """The complement mask (every pixel flipped): the same runs, the first run of 0s added or removed."""
+        counts = self.counts[1:] if self.counts[0] == 0 else np.concatenate(([0], self.counts))
+        return MaskRuns(self.size, counts.astype(np.uint64))
+
     def decode(self) -> np.ndarray:
         """The mask as (H, W) bool, Fortran order."""
         height, width = self.size
@@ -86,20 +91,31 @@ def mask_runs(
 ) -> MaskRuns | None:
     """low_res (g, g) float32 logits over the padded S x S input -> MaskRuns of the (H, W) mask `logits > 0`,
     or None where the run path does not apply (module docstring: H < new_h, or more runs than RUN_BUDGET)."""
-    height, width = original_size
-    if height < input_size[0] or not _few_runs(low_res, input_size, original_size, image_size):
+    if original_size[0] < input_size[0] or not few_runs(low_res, input_size, original_size, image_size):
         return None
-    columns = upscale_to_input(low_res[None], input_size, image_size, transposed=True)[0]  # (new_w, new_h)
+    return input_map_runs(
+        upscale_to_input(low_res[None], input_size, image_size, transposed=True)[0], original_size
+    )
+
+
+def input_map_runs(columns: np.ndarray, original_size: tuple[int, int]) -> MaskRuns | None:
+    """columns (new_w, new_h) float32: a map over the INPUT frame, transposed (one row per input column) ->
+    MaskRuns of its bilinear resize to (H, W) `> 0`; None when H < new_h (steps 1-3 of the module docstring;
+    the caller judges whether the map has few runs: `few_runs`)."""
+    height, width = original_size
     rows = columns.shape[1]
+    if height < rows:
+        return None
     values = cv2.resize(columns, (rows, width), interpolation=cv2.INTER_LINEAR)  # (W, new_h)
     return MaskRuns((height, width), _counts(values, LinearAxis.of(rows, height)))
 
 
-def _few_runs(
+def few_runs(
     low_res: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], image_size: int
 ) -> bool:
-    """At most RUN_BUDGET * H * W runs, estimated from the sign changes down the low-res columns the crop
-    keeps (each stands for W / kept columns original columns)."""
+    """At most RUN_BUDGET * H * W runs in `low_res > 0` resized to the original size, estimated from the sign
+    changes down the columns of low_res (g, g) (any grid over the padded S x S input) that the crop keeps (each
+    stands for W / kept columns original columns)."""
     grid = low_res.shape[-1]
     rows, cols = (min(grid, -(-size * grid // image_size) + 1) for size in input_size)
     positive = low_res[:rows, :cols] > 0

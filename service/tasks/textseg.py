@@ -10,14 +10,17 @@
    several texts the masks never overlap, and a pixel won by a background prompt belongs to no mask.
    score(t) = mean probability of t over its mask pixels (0.0 for an empty mask).
 
-Fast path (`text_masks`): step 2 runs to the input frame only (upscale_to_input), and the per-pixel rule is
-applied at original size by `upsample_decision_t` (service/images/transforms.py, on the transposed maps): the
-first argmax of the bilinearly resized class logits (argmax of the probabilities == argmax of the logits), without
-forming the (C, H, W) maps; with one text and one background prompt, text wins where (background - text) is not >
-0, one map. The masks are those of the plain path (`full_res_text_masks`, kept as the reference) except where two
-classes tie within float32 rounding. The score's mean is taken over the pixels t wins in the input frame (new_w x
-new_h, transposed) instead of at original size - the same average sampled at the model's resolution (a mask that
-exists at original size only, a sliver narrower than one input pixel, averages its own pixels).
+Fast path (`text_masks`): step 2 runs to the input frame only (upscale_to_input). With one text and one
+background prompt whose difference map has few runs (a CLIP-head map is smooth at the image's scale) the text
+mask comes out as RLE runs straight from that map (service/images/runs.py: no original-size array). Otherwise the
+per-pixel rule is applied at original size by `upsample_decision_t` (service/images/transforms.py, on the
+transposed maps): the first argmax of the bilinearly resized class logits (argmax of the probabilities ==
+argmax of the logits), without forming the (C, H, W) maps; with one text and one background prompt, text wins
+where (background - text) is not > 0, one map. The masks are those of the plain path (`full_res_text_masks`,
+kept as the reference) except where two classes tie within float32 rounding. The score's mean is taken over the
+pixels t wins in the input frame (new_w x new_h, transposed) instead of at original size - the same average
+sampled at the model's resolution (a mask that exists at original size only, a sliver narrower than one input
+pixel, averages its own pixels).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from service.images.entry import ImageEntry
+from service.images.runs import MaskRuns, few_runs, input_map_runs
 from service.images.transforms import LinearAxis, postprocess_masks, upsample_decision_t, upscale_to_input
 from service.tasks.heads import Heads
 from service.tasks.results import MaskResult
@@ -108,6 +112,24 @@ def _sliver_score(up_t: np.ndarray, mask: np.ndarray, t: int) -> float:
     return float(np.mean(_softmax(left + ax.w[xs] * (right - left))[t]))
 
 
+def _two_class_masks(
+    logits: np.ndarray, up: np.ndarray, input_size: tuple[int, int], original_size: tuple[int, int], size: int
+) -> list[np.ndarray | MaskRuns]:
+    """[text, background] for C = 2 (one text, one background prompt): background wins where background - text
+    > 0. As RLE runs straight from the input-frame difference map when it has few runs (service/images/runs.py;
+    a CLIP-head map is smooth at the image's scale), else the Fortran-ordered bitmaps."""
+    if few_runs(logits[1] - logits[0], input_size, original_size, size):
+        background = input_map_runs(up[1] - up[0], original_size)
+        if background is not None:
+            return [background.inverted(), background]
+    bitmap = upsample_decision_t(up[1:] - up[:1], original_size)
+    return [~bitmap, bitmap]
+
+
+def _empty(mask: np.ndarray | MaskRuns) -> bool:
+    return mask.area() == 0 if isinstance(mask, MaskRuns) else not mask.any()
+
+
 def text_masks(
     logits: np.ndarray,
     labels: list[str],
@@ -116,26 +138,23 @@ def text_masks(
     image_size: int,
 ) -> list[MaskResult]:
     """logits (C, h, w) from class_logits; labels: the len(labels) <= C query texts (the first channels).
-    Returns one MaskResult per label at ORIGINAL size ((H, W) bool, Fortran order; iou_prediction None).
-    The fast path (module docstring)."""
+    Returns one MaskResult per label at ORIGINAL size (as RLE runs, or (H, W) bool in Fortran order;
+    iou_prediction None). The fast path (module docstring)."""
     up = upscale_to_input(logits, input_size, image_size, transposed=True)  # (C, new_w, new_h) float32
     won, prob = _input_frame_winners(up)  # transposed too: only their means over pixels are used
     if len(up) == 2:  # one text, one background prompt: text wins unless background - text > 0
-        background = upsample_decision_t(up[1:] - up[:1], original_size)
-        masks = [~background, background][: len(labels)]
+        masks = _two_class_masks(logits, up, input_size, original_size, image_size)[: len(labels)]
     else:
         winners = upsample_decision_t(up, original_size)
         masks = [winners == t for t in range(len(labels))]
     results = []
     for t, (label, mask) in enumerate(zip(labels, masks, strict=True)):
+        held = {"runs": mask} if isinstance(mask, MaskRuns) else {"mask": mask}
+        result = MaskResult(**held, score=0.0, iou_prediction=None, label=label)
         inside = won == t
-        if not mask.any():
-            score = 0.0
-        elif inside.any():
-            score = float(prob[inside].mean())
-        else:
-            score = _sliver_score(up, mask, t)
-        results.append(MaskResult(mask=mask, score=score, iou_prediction=None, label=label))
+        if not _empty(mask):
+            result.score = float(prob[inside].mean()) if inside.any() else _sliver_score(up, result.mask, t)
+        results.append(result)
     return results
 
 

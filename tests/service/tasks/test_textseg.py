@@ -113,3 +113,19 @@ def test_a_mask_thinner_than_an_input_pixel_scores_its_own_pixels() -> None:
     np.testing.assert_array_equal(c.mask, plain[0].mask)
     assert c.mask.any() and not (maps[0] >= maps[1:].max(axis=0)).any()
     assert c.score == pytest.approx(plain[0].score, rel=1e-4) and c.score > 0.5
+
+
+def test_one_smooth_text_comes_out_as_runs_equal_to_the_plain_path() -> None:
+    """One text + one background prompt with smooth maps (a CLIP head's, at a photo's scale): the text mask is
+    held as RLE runs (no bitmap made) and equals the plain path's, scores within the resampling difference."""
+    rng = np.random.default_rng(4)
+    logits = cv2.GaussianBlur(rng.normal(size=(64, 64, 2)).astype(np.float32), (0, 0), 4.0).transpose(2, 0, 1)
+    logits = np.ascontiguousarray(logits * (4.0 / logits.std()))
+    original, size = (3000, 4000), 1024
+    input_size = preprocess_shape(*original, size)
+    (fast,) = textseg.text_masks(logits, ["dog"], input_size, original, size)
+    (plain,) = textseg.full_res_text_masks(logits, ["dog"], input_size, original, size)
+    assert fast.runs is not None and fast.held()["mask"] is None
+    assert 0 < fast.runs.area() < fast.mask.size
+    assert np.count_nonzero(fast.mask != plain.mask) <= 1e-5 * plain.mask.size
+    assert fast.score == pytest.approx(plain.score, rel=0.01)
