@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from service.images.transforms import LinearAxis, upscale_to_input
+from service.images.transforms import LinearAxis, kept_grid, upscale_to_input
 
 RUN_BUDGET = 0.01
 """Most runs, as a fraction of the pixels, for the run path. Measured (2250 x 1500, 2 cores): ~1.5 ms + ~47 ns
@@ -49,11 +49,14 @@ class MaskRuns:
     size: tuple[int, int]
     counts: np.ndarray
 
+    def _coco(self) -> dict[str, Any]:
+        """pycocotools' compressed RLE object of the counts: {"size": [H, W], "counts": bytes}."""
+        height, width = self.size
+        return mask_utils.frPyObjects({"size": [height, width], "counts": self.counts}, height, width)
+
     def rle(self) -> dict[str, Any]:
         """{"size": [H, W], "counts": str}: COCO compressed RLE (what pycocotools' encode gives the bitmap)."""
-        height, width = self.size
-        rle = mask_utils.frPyObjects({"size": [height, width], "counts": self.counts}, height, width)
-        return {"size": [height, width], "counts": rle["counts"].decode("ascii")}
+        return {"size": list(self.size), "counts": self._coco()["counts"].decode("ascii")}
 
     def area(self) -> int:
         """Number of set pixels."""
@@ -81,9 +84,7 @@ class MaskRuns:
 
     def decode(self) -> np.ndarray:
         """The mask as (H, W) bool, Fortran order."""
-        height, width = self.size
-        rle = mask_utils.frPyObjects({"size": [height, width], "counts": self.counts}, height, width)
-        return mask_utils.decode(rle).view(bool)
+        return mask_utils.decode(self._coco()).view(bool)
 
 
 def mask_runs(
@@ -116,8 +117,7 @@ def few_runs(
     """At most RUN_BUDGET * H * W runs in `low_res > 0` resized to the original size, estimated from the sign
     changes down the columns of low_res (g, g) (any grid over the padded S x S input) that the crop keeps (each
     stands for W / kept columns original columns)."""
-    grid = low_res.shape[-1]
-    rows, cols = (min(grid, -(-size * grid // image_size) + 1) for size in input_size)
+    rows, cols = kept_grid(low_res.shape[-1], input_size, image_size)
     positive = low_res[:rows, :cols] > 0
     changes = np.count_nonzero(positive[1:] != positive[:-1]) + cols
     return changes * original_size[1] / cols <= RUN_BUDGET * original_size[0] * original_size[1]

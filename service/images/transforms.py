@@ -158,6 +158,13 @@ class LinearAxis:
         return lo + w * (np.take(flat, base + self.hi[idx], axis=1) - lo)
 
 
+def kept_grid(grid: int, input_size: tuple[int, int], image_size: int) -> tuple[int, int]:
+    """(rows, columns) of a (g, g) map over the padded S x S input that the crop to input_size reads when
+    resized: the ones it covers, plus one (so edge clamping never differs), at most g."""
+    rows, cols = (min(grid, -(-size * grid // image_size) + 1) for size in input_size)
+    return rows, cols
+
+
 def upscale_to_input(
     maps: np.ndarray, input_size: tuple[int, int], image_size: int, transposed: bool = False
 ) -> np.ndarray:
@@ -166,7 +173,7 @@ def upscale_to_input(
     edge clamping never differs). transposed: the same values as (C, new_w, new_h) (each map transposed),
     resized from the transposed low-res block, so no full-size transpose is ever made (upsample_decision_t)."""
     grid = maps.shape[-1]
-    keep = [min(grid, -(-size * grid // image_size) + 1) for size in input_size]
+    keep = list(kept_grid(grid, input_size, image_size))
     block, out = maps[:, : keep[0], : keep[1]], list(input_size)
     if transposed:  # bilinear resizing is separable: the transposed block resizes to the transposed maps
         block, keep, out = block.transpose(0, 2, 1), keep[::-1], out[::-1]

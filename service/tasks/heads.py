@@ -113,8 +113,8 @@ def _results(
     masks: list[np.ndarray | MaskRuns], low_res: np.ndarray, scores: np.ndarray, label: str | None
 ) -> list[MaskResult]:
     return [
-        MaskResult(
-            **({"runs": mask} if isinstance(mask, MaskRuns) else {"mask": mask}),
+        MaskResult.holding(
+            mask,
             score=_finite(scores[m]),
             iou_prediction=_finite(scores[m]),
             label=label,

@@ -57,6 +57,12 @@ class MaskResult:
         if self.__dict__.get("_mask") is None and self.runs is None:
             raise ValueError("a MaskResult needs its mask or its runs")
 
+    @classmethod
+    def holding(cls, mask: np.ndarray | MaskRuns, **fields: Any) -> MaskResult:
+        """A result holding `mask` as given: a bitmap as `mask`, runs as `runs`; `fields`: the others."""
+        held = {"runs": mask} if isinstance(mask, MaskRuns) else {"mask": mask}
+        return cls(**held, **fields)
+
     def held(self) -> dict[str, Any]:
         """The mask as held: {"mask": array or None, "runs": MaskRuns or None} (to pass on without decoding)."""
         return {"mask": self.__dict__.get("_mask"), "runs": self.runs}

@@ -149,8 +149,7 @@ def text_masks(
         masks = [winners == t for t in range(len(labels))]
     results = []
     for t, (label, mask) in enumerate(zip(labels, masks, strict=True)):
-        held = {"runs": mask} if isinstance(mask, MaskRuns) else {"mask": mask}
-        result = MaskResult(**held, score=0.0, iou_prediction=None, label=label)
+        result = MaskResult.holding(mask, score=0.0, iou_prediction=None, label=label)
         inside = won == t
         if not _empty(mask):
             result.score = float(prob[inside].mean()) if inside.any() else _sliver_score(up, result.mask, t)
