@@ -3,7 +3,8 @@
 `ImageEntry` fields (S = model input size, h = w = S / patch, C = SAM channels, W = encoder width, D = CLIP dim):
 - image_id: sha256 hex of the uploaded bytes; width, height: ORIGINAL size after EXIF orientation;
 - input_size: (new_h, new_w) after resize-longest-side to S (the rest of the S x S input is padding);
-- image_embeddings: (1, C, h, w) in the cache dtype, SAM decoder input (cast to float32 per call), always kept;
+- image_embeddings: (1, C, h, w) in the cache dtype, SAM decoder input (OpenVINO takes it as
+  is at an input port of that dtype; other runtimes cast it per call: GraphBackend.feed), always kept;
 - memo (shared by every copy of the entry): patch_tokens (1, h, w, W) in the cache dtype until the CLIP head has
   run, then the CLIP outputs (image_embedding (1, D) float32, patch_embeddings (1, h, w, D) in the cache
   dtype), and the patch tokens are dropped;

@@ -17,9 +17,13 @@ from service.runtime.openvino_decoder import WARM_SHAPES, DecoderModels  # noqa:
 from service.runtime.registry import create_backend  # noqa: E402
 
 
-def _backend(bundle: Path, shapes: int = 8):
+def _backend(bundle: Path, shapes: int = 8, cache_dtype: str | None = None):
     settings = SimpleNamespace(
-        intra_op_threads=1, openvino_precision="f32", openvino_decoder_shapes=shapes, decoder_variant="none"
+        intra_op_threads=1,
+        openvino_precision="f32",
+        openvino_decoder_shapes=shapes,
+        decoder_variant="none",
+        cache_dtype=cache_dtype,
     )
     return create_backend("openvino", Bundle.load(bundle), settings)
 
@@ -76,14 +80,40 @@ def test_specialisations_are_bounded_and_can_be_off(tiny_bundle: Path) -> None:
         two.close()
 
 
+def test_float32_cache_entries_keep_float32_ports(tiny_bundle: Path) -> None:
+    """cache_dtype float32: the cached inputs stay float32 at the port and are fed as they are."""
+    backend = _backend(tiny_bundle, cache_dtype="float32")
+    bundle = Bundle.load(tiny_bundle)
+    try:
+        emb = np.random.default_rng(3).normal(size=(1, 64, bundle.embed_grid, bundle.embed_grid))
+        assert backend.feed("image_embeddings", emb.astype(np.float32)).dtype == np.float32
+        port = next(
+            p for p in backend.sessions["sam_decoder"].compiled.inputs if "image_embeddings" in p.get_names()
+        )
+        assert port.get_element_type().get_type_name() == "f32"
+        prompts = _prompts(bundle, 1, 2, seed=4)
+        out = backend.decode(emb.astype(np.float32), *prompts)
+        assert out.low_res_masks.dtype == np.float32 and np.isfinite(out.low_res_masks).all()
+    finally:
+        backend.close()
+
+
 def test_a_float16_embedding_is_taken_as_is(tiny_bundle: Path) -> None:
-    """A float16 cache entry goes to OpenVINO without a numpy cast, with the outputs of its float32 copy."""
+    """A float16 cache entry goes to OpenVINO without a numpy cast (the compiled graphs take float16 at the
+    cached inputs' ports), with the outputs of its float32 copy."""
     backend = _backend(tiny_bundle)
     bundle = Bundle.load(tiny_bundle)
     try:
         emb16 = np.random.default_rng(3).normal(size=(1, 64, bundle.embed_grid, bundle.embed_grid))
         emb16 = emb16.astype(np.float16)
         assert backend.feed("image_embeddings", emb16).dtype == np.float16
+        assert backend.feed("image_embeddings", emb16.astype(np.float32)).dtype == np.float16
+        decoder = backend.sessions["sam_decoder"]
+        for compiled in [decoder.compiled, *(m.compiled for m in decoder.models.values())]:
+            port = next(p for p in compiled.inputs if "image_embeddings" in p.get_names())
+            assert port.get_element_type().get_type_name() == "f16"
+        clip_port = backend.sessions["clip_head"].compiled.inputs[0]
+        assert clip_port.get_element_type().get_type_name() == "f16"
         prompts = _prompts(bundle, 2, 3, seed=4)
         a, b = backend.decode(emb16, *prompts), backend.decode(emb16.astype(np.float32), *prompts)
         np.testing.assert_array_equal(a.low_res_masks, b.low_res_masks)
