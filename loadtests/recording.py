@@ -6,6 +6,9 @@ SAMCLIP_LT_EVENTS=path   at test stop: one JSON object per request, in order (lo
      "by_id": bool, "upstream": "127.0.0.1:PORT[, ...]" | null (the proxy's X-Samclip-Upstream header: every
      replica it tried), "proxy": bool (the answer was made by the proxy: X-Samclip-Proxy-Error header),
      "retry_after": the Retry-After header or null, "user": id of the Locust user that sent it}
+SAMCLIP_LT_FAILURES=path at test stop: Locust's failure table at that same moment, {"POST /segment/prompt:
+    CatchResponseError('HTTP 404 unknown image_id')": occurrences, ...} (keys as in its failures CSV, which Locust
+    writes at another moment: requests still finishing in the stop timeout may be in one and not the other)
 
 Status 0 = no HTTP answer (connection error); status "dropped" = an open-loop arrival not sent because too many
 were outstanding (loadtests/locustfile.py ConstantArrivalUser).
@@ -20,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from locust import events
+from locust.stats import StatsError
 
 UPSTREAM_HEADER = "X-Samclip-Upstream"
 PROXY_ERROR_HEADER = "X-Samclip-Proxy-Error"
@@ -60,3 +64,10 @@ def _dump(environment, **_):
     path = os.environ.get("SAMCLIP_LT_EVENTS")
     if path:
         Path(path).write_text("".join(json.dumps(event) + "\n" for event in _events))
+    path = os.environ.get("SAMCLIP_LT_FAILURES")
+    if path:
+        failures = {
+            f"{e.method} {e.name}: {StatsError.parse_error(e.error)}": e.occurrences
+            for e in environment.stats.errors.values()
+        }
+        Path(path).write_text(json.dumps(failures))

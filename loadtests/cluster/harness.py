@@ -8,7 +8,6 @@ run, and scrapes every replica's /metrics before and after.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import signal
@@ -121,6 +120,7 @@ class Harness:
             **self.options.client_env,
             "SAMCLIP_LT_EVENTS": str(folder / "events.jsonl"),
             "SAMCLIP_LT_RECORD": str(folder / "records.json"),
+            "SAMCLIP_LT_FAILURES": str(folder / "failures.json"),
         }
         fault = self.drive(proxy, env, folder, scenario)
         after = self.scrape_all()
@@ -133,7 +133,8 @@ class Harness:
         figures = analysis.analyse(events, replicas, before, after, fault)
         records = json.loads((folder / "records.json").read_text())
         figures["endpoints"] = summarize(records, max(figures["duration_s"], 1e-3))["endpoints"]
-        figures["locust_failures"] = locust_failures(folder / "locust_failures.csv")
+        failures = folder / "failures.json"  # Locust's failure table when the events were written
+        figures["locust_failures"] = json.loads(failures.read_text()) if failures.is_file() else {}
         if spread is not None:
             figures["fallback_spread"] = spread
         return {"scenario": scenario.name, "title": scenario.title, "routing": scenario.routing,
@@ -183,17 +184,6 @@ def wait_for_traffic(access_log: Path, proc: subprocess.Popen, timeout_s: float 
             raise RuntimeError(f"locust exited with {proc.returncode} before sending a request")
         time.sleep(0.05)
     raise TimeoutError(f"no request reached the proxy within {timeout_s:.0f} s")
-
-
-def locust_failures(path: Path) -> dict[str, int]:
-    """{"POST /segment/prompt: HTTP 404 unknown image_id": occurrences} from Locust's failures CSV."""
-    if not path.is_file():
-        return {}
-    with path.open(newline="") as handle:
-        return {
-            f"{row['Method']} {row['Name']}: {row['Error']}": int(row["Occurrences"])
-            for row in csv.DictReader(handle)
-        }
 
 
 def fallback_spread(proxy_url: str, requests: int = 24) -> dict[str, int]:
