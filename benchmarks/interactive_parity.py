@@ -8,8 +8,9 @@ on generated photo-like images at ORIGINAL size `size` (H, W); prompts are boxes
   specialisation, float16-stored embedding, fast post-processing) against the fp32 path (the plain decoder graph
   in fp32 ONNX Runtime on the float32 embedding, plain post-processing = Sam.postprocess_masks > 0), both on the
   same encoder output: mean mask IoU at original size (gate 0.97).
-- `storage_parity`: one backend, entries stored in float32 vs float16 (setting cache_dtype): SAM masks
-  (gate 0.99) and text-segment masks (gate 0.98) mean IoU at original size, and each entry's bytes.
+- `storage_parity`: entries stored in float32 vs float16 (setting cache_dtype, a backend made with each): SAM masks
+  (gate 0.99) and text-segment masks (gate 0.98) mean IoU at original size, each entry's bytes, and the dtype
+  each side's decoder was fed (`decoder_fed`: a float32 entry must reach its decoder as float32).
 - `official_decoder`: segment_anything's `SamOnnxModel` (return_single_mask, its masks upscaled to the original
   size in the graph, as its export script writes it) exported from the same weights, run by ONNX Runtime for one
   box; against the plain decoder + plain post-processing and the fast path, in this process (blocks of calls
@@ -129,20 +130,22 @@ def _text_classes(bundle: Any, backend: Any, texts: list[str]) -> np.ndarray:
 
 
 def storage_parity(bundle_dir: Path, size: tuple[int, int], images: int = 2, prompts: int = 16) -> dict:
-    """float16 vs float32 entries on one backend (module docstring)."""
+    """float16 vs float32 entries (module docstring), each served by a backend made with that cache_dtype (as a
+    server is: OpenVINO takes a cached array at a port of the cache's dtype), on the same encoder output."""
     from service.tasks.heads import Heads
     from service.tasks.textseg import segment_text
     from service.timing import Timings
 
     texts = ["a dog", "a person", "a red car", "grass", "the sky"]
-    bundle, backend = _backend(bundle_dir)
-    try:
-        encoded = backend.encode(_images(bundle, images, seed=41))
-        heads = Heads(bundle, backend, lambda entry: None)
-        classes = _text_classes(bundle, backend, texts)
-        specs = _prompts(size, prompts, seed=42)
-        sam, seg, nbytes = {}, {}, {}
-        for dtype in ("float32", "float16"):
+    specs = _prompts(size, prompts, seed=42)
+    sam, seg, nbytes, fed, encoded = {}, {}, {}, {}, None
+    for dtype in ("float32", "float16"):
+        bundle, backend = _backend(bundle_dir, cache_dtype=dtype)
+        try:
+            if encoded is None:  # one encoder output for both
+                encoded = backend.encode(_images(bundle, images, seed=41))
+            heads = Heads(bundle, backend, lambda entry: None)
+            classes = _text_classes(bundle, backend, texts)
             entries = [_entry(bundle, encoded, i, size, dtype) for i in range(images)]
             sam[dtype] = [m for e in entries for m in _masks(heads, e, specs)]
             seg[dtype] = [
@@ -150,16 +153,16 @@ def storage_parity(bundle_dir: Path, size: tuple[int, int], images: int = 2, pro
                 for r in segment_text(heads, e, classes[[texts.index(t), -1]], [t], Timings())
             ]  # fmt: skip
             nbytes[dtype] = int(statistics.median(e.nbytes for e in entries))  # after the CLIP head ran
-        return {
-            "mask_iou": _mean_iou(sam["float16"], sam["float32"]), "mask_gate": 0.99,
-            "text_segment_iou": _mean_iou(seg["float16"], seg["float32"]), "text_gate": 0.98,
-            "entry_bytes": nbytes, "texts": len(texts), "images": images,
-        }  # fmt: skip
-    finally:
-        backend.close()
+            fed[dtype] = str(backend.feed("image_embeddings", entries[0].image_embeddings).dtype)
+        finally:
+            backend.close()
+    return {
+        "mask_iou": _mean_iou(sam["float16"], sam["float32"]), "mask_gate": 0.99,
+        "text_segment_iou": _mean_iou(seg["float16"], seg["float32"]), "text_gate": 0.98,
+        "entry_bytes": nbytes, "decoder_fed": fed, "texts": len(texts), "images": images,
+    }  # fmt: skip
 
 
-# --- the official segment_anything ONNX decoder --------------------------------------------------------------
 def export_official(bundle_dir: Path, out: Path) -> Path:
     """segment_anything's SamOnnxModel (return_single_mask=True) on the bundle's weights, exported the way
     segment_anything/scripts/export_onnx_model.py does (opset 17, dynamic num_points)."""

@@ -107,6 +107,7 @@ def test_interactive_figures_against_the_previous_path(bench: tuple[dict, str]) 
     assert (
         offline["storage_parity"]["mask_iou"] >= 0.99
         and offline["storage_parity"]["text_segment_iou"] >= 0.98
+        and offline["storage_parity"]["decoder_fed"]["float32"] == "float32"
     )
     assert "skipped" in offline["official"]  # segment_anything's vit_b only
     # the trained-like mask figure at both sizes (smaller than the 1024 input frame: no runs path), same JSON
