@@ -19,6 +19,7 @@ from pathlib import Path
 
 from samclip_bundle.manifest import Manifest
 from service.logging import configure_logging
+from service.memory import tune_malloc
 from service.settings import Settings
 
 log = logging.getLogger("service.cli")
@@ -83,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = Settings(**overrides)
     configure_logging(settings.log_level, settings.log_json)
+    if settings.malloc_tuning:  # before any worker thread exists (service/memory.py)
+        tune_malloc()
     bundle = ensure_bundle(settings)
     settings = settings.model_copy(update={"bundle": bundle})
     log.info("serving bundle %s on http://%s:%d", bundle, settings.host, settings.port)

@@ -134,7 +134,10 @@ def app_factory() -> FastAPI:
     """For `uvicorn --factory service.main:app_factory` and worker processes: settings from SAMCLIP_* env,
     logging configured, then `create_app`."""
     from service.logging import configure_logging
+    from service.memory import tune_malloc
 
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
+    if settings.malloc_tuning:  # a worker process: before its model and threads
+        tune_malloc()
     return create_app(settings)

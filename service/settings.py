@@ -140,6 +140,11 @@ class Settings(BaseSettings):
         description="Mask post-processing: fast (decisions at original size without original-size float maps) or "
         "plain (segment_anything's original-size float logits; for comparison, e.g. benchmarks).",
     )
+    malloc_tuning: bool = Field(
+        True,
+        description="glibc malloc for a server (one arena, freed memory kept for reuse; service/memory.py): no "
+        "fresh page faults per mask. Applied by samclip-serve at start.",
+    )
     cache_dtype: Literal["float32", "float16"] = Field(
         "float16",
         description="dtype of the cached SAM embedding and CLIP dense features (memory and shared tier): float16 "
