@@ -163,6 +163,7 @@ def storage_parity(bundle_dir: Path, size: tuple[int, int], images: int = 2, pro
     }  # fmt: skip
 
 
+# --- the official segment_anything ONNX decoder --------------------------------------------------------------
 def export_official(bundle_dir: Path, out: Path) -> Path:
     """segment_anything's SamOnnxModel (return_single_mask=True) on the bundle's weights, exported the way
     segment_anything/scripts/export_onnx_model.py does (opset 17, dynamic num_points)."""

@@ -7,7 +7,7 @@ thread gets its own malloc arena made of 64 MiB heaps, and a request's big block
 again once they are freed: the next request maps fresh memory and takes a page fault per 4 KiB page of its mask
 (824 per 2250 x 1500 mask). On the virtual machines measured here such faults sometimes cost ~12 us each, and a
 process then stays in that state: a cached 4-box `/segment/prompt` spent 28-55 ms in post-processing instead of
-9.5-11 ms (3 of 5 server starts; 0 of 5 with these settings, and no page fault in the mask step).
+9.5-11 ms (9 of 15 server starts; 0 of 6 with these settings, and no page fault in the mask step).
 
 `tune_malloc()` therefore makes every thread share the main arena (M_ARENA_MAX 1), keeps freed memory for reuse
 instead of handing it back to the kernel below 1 GiB at the top of the heap (M_TRIM_THRESHOLD), and serves
