@@ -92,6 +92,7 @@ class OpenVinoBackend(GraphBackend):
         self.threads = inference_threads(self.settings)
         self.hint = str(setting(self.settings, "openvino_hint", "LATENCY")).upper()
         self.streams = int(setting(self.settings, "openvino_num_streams", 0))
+        self.cache_dtype = np.dtype(str(setting(self.settings, "cache_dtype", "float16")))  # Settings default
         if cache_dir := setting(self.settings, "openvino_cache_dir", None):
             self.core.set_property("CPU", {"CACHE_DIR": str(cache_dir)})
         per_graph = dict(setting(self.settings, "openvino_graph_precision", {}))
@@ -123,15 +124,8 @@ class OpenVinoBackend(GraphBackend):
             return self._decoder_models(_Compiled(compiled, 1, graph), source)
         return _Compiled(compiled, requests, graph)
 
-    def _cached_dtype(self, name: str) -> np.dtype | None:
-        """The port dtype of an input that comes from a cache entry (module docstring), else None."""
-        if name not in CACHED_INPUTS.values():
-            return None
-        return np.dtype(str(setting(self.settings, "cache_dtype", "float16")))  # Settings default
-
     def _compile(self, model: Any, graph: str) -> Any:
-        cached = self._cached_dtype(CACHED_INPUTS.get(graph, ""))
-        if cached == np.float16:
+        if graph in CACHED_INPUTS and self.cache_dtype == np.float16:
             steps = self.ov.preprocess.PrePostProcessor(model)
             steps.input(CACHED_INPUTS[graph]).tensor().set_element_type(self.ov.Type.f16)
             model = steps.build()
@@ -158,8 +152,9 @@ class OpenVinoBackend(GraphBackend):
         return models
 
     def feed(self, name: str, array: np.ndarray) -> np.ndarray:
-        cached = self._cached_dtype(name)  # a cache entry's array as is (the port has its dtype)
-        return super().feed(name, array) if cached is None else np.ascontiguousarray(array, dtype=cached)
+        if name in CACHED_INPUTS.values():  # a cache entry's array as is (the port has its dtype)
+            return np.ascontiguousarray(array, dtype=self.cache_dtype)
+        return super().feed(name, array)
 
     def close_graph(self, session: Any) -> None:
         if isinstance(session, DecoderModels):
