@@ -20,11 +20,11 @@ Decisions at original size, straight to the layout COCO RLE reads (the fast path
   full-size transpose is made) and `upsample_decision_t` resizes the last step (input frame -> original) of
   those TRANSPOSED maps, so the decision comes out as (H, W) in Fortran order (column-major, COCO RLE's order:
   encoded without another pass): one map (a SAM mask, or text vs one background prompt as their difference) in
-  one OpenCV call and `> 0`, one (H, W) float map at a time. Several maps (several texts): the per-pixel first
-  argmax; when the argmax changes between few neighbouring source samples (smooth maps), as two 1-D passes that
-  resample only the pixels between samples that disagree (bilinear weights are non-negative and shared by every
-  map, so a pixel whose two source samples carry the same decision keeps it): work beyond the output then scales
-  with the length of the boundaries, not with the image.
+  one OpenCV call and `> 0` (OpenCV's compare: `positive`), one (H, W) float map at a time. Several maps
+  (several texts): the per-pixel first argmax; when the argmax changes between few neighbouring source samples
+  (smooth maps), as two 1-D passes that resample only the pixels between samples that disagree (bilinear
+  weights are non-negative and shared by every map, so a pixel whose two source samples carry the same decision
+  keeps it): work beyond the output then scales with the length of the boundaries, not with the image.
   Both may differ from the plain path only where a value is within float32 rounding of the decision threshold.
 """
 
@@ -202,13 +202,21 @@ def _readers(axis: LinearAxis, samples: np.ndarray) -> tuple[np.ndarray, np.ndar
     return owner, np.repeat(start, reps) + np.arange(len(owner)) - np.repeat(np.cumsum(reps) - reps, reps)
 
 
+def positive(values: np.ndarray) -> np.ndarray:
+    """`values > 0` for a 2-D float32 array, as bool (0/1 bytes), by OpenCV: its compare (255 / 0) runs on every
+    core and then keeps the low bit; numpy's `>` takes ~1.6x as long on a 3.4-MP map (0.59 vs 0.37 ms). NaN and
+    -0.0 give False, as with `>`."""
+    decision = cv2.compare(values, 0.0, cv2.CMP_GT)  # uint8 255 where values > 0, else 0
+    return cv2.bitwise_and(decision, 1, dst=decision).view(bool)
+
+
 def _dense(src: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Every pixel resampled: src (C, w, h) transposed maps -> decision (W, H), one (W, H) float map at a time
     (running first argmax over the maps)."""
     height, width = size
     best = cv2.resize(src[0], (height, width), interpolation=cv2.INTER_LINEAR)
     if len(src) == 1:
-        return best > 0
+        return positive(best)
     winner = np.zeros(best.shape, np.uint8)
     for c in range(1, len(src)):
         value = cv2.resize(src[c], (height, width), interpolation=cv2.INTER_LINEAR)
@@ -222,7 +230,7 @@ def upsample_decision_t(src: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """`decide` of the bilinear resize of maps (C, h, w) float32 to size (H, W), as an (H, W) array in Fortran
     order (a transposed view of a C-contiguous (W, H) array), from the TRANSPOSED maps src (C, w, h) (source
     column k is row k; a strided view is fine). One map: resized in one OpenCV call straight to the transposed
-    layout, then `> 0`. Several: when their decision changes between fewer than BAND_DENSITY of the
+    layout, then `> 0` (`positive`). Several: when their decision changes between fewer than BAND_DENSITY of the
     neighbouring source samples, only the pixels between samples that disagree are resampled (`_banded`); else
     every pixel, one float map at a time (`_dense`)."""
     if len(src) == 1:

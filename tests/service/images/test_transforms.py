@@ -147,3 +147,17 @@ def test_ties_go_to_the_first_class() -> None:
     maps[1:, :, 4:] = 1.0  # classes 1 and 2 tie on the right half
     out = transforms.upsample_decision_t(maps.transpose(0, 2, 1), (16, 16))
     assert set(np.unique(out[:, 10:])) == {1} and set(np.unique(out[:, :6])) == {0}
+
+
+@pytest.mark.parametrize("shape", [(2250, 1500), (1, 37), (37, 1), (3, 5)])
+def test_positive_equals_numpy_greater_than_zero(shape: tuple[int, int]) -> None:
+    """The OpenCV decision the dense path uses == `values > 0` pixel for pixel, as 0/1 bools, including the
+    values at the edge of the decision: +-0.0, the smallest subnormals, +-inf and NaN."""
+    rng = np.random.default_rng(8)
+    values = rng.normal(size=shape).astype(np.float32)
+    edge = np.array([0.0, -0.0, 1e-45, -1e-45, np.inf, -np.inf, np.nan, 1e-38, -1e-38], np.float32)
+    flat = values.reshape(-1)
+    flat[: min(flat.size, edge.size)] = edge[: flat.size]
+    got = transforms.positive(values)
+    assert got.dtype == bool and got.shape == shape and got.view(np.uint8).max() <= 1
+    np.testing.assert_array_equal(got, values > 0)
