@@ -84,6 +84,7 @@ def test_prints_the_table(bench: tuple[dict, str]) -> None:
     _, stdout = bench
     assert "cold /segment/prompt" in stdout and "refine/embed" in stdout and "ratio to cold" in stdout
     assert "interactive path (issue 16)" in stdout and "each extra box" in stdout
+    assert "cached 1 box, 250 ms after the last request" in stdout
 
 
 def test_interactive_figures_against_the_previous_path(bench: tuple[dict, str]) -> None:
@@ -95,6 +96,9 @@ def test_interactive_figures_against_the_previous_path(bench: tuple[dict, str]) 
             fig = http["cached_prompt"]["boxes"][k][side]
             assert fig["wall_ms"] > 0 and fig["decoder_ms"] > 0 and fig["postprocess_ms"] > 0
     assert math.isfinite(http["cached_prompt"]["extra_box_ms_new"])
+    paced = http["cached_prompt"]["paced"]  # the 1-box request after 250 ms idle, on both servers
+    assert paced["gap_ms"] == 250 and paced["new"]["wall_ms"] > paced["new"]["decoder_ms"] > 0
+    assert paced["old"]["wall_ms"] > 0 and paced["ratio"] > 0
     for name in ("segment_text", "refine", "prompt_box"):
         fig = http["photo"][name]
         assert fig["new_postprocess_ms"] > 0 and fig["old_postprocess_ms"] > 0 and fig["ratio"] > 0
