@@ -148,7 +148,10 @@ class OpenVinoProfiler:
     def __init__(self, model: Any, feeds: dict, precision: str, threads: int) -> None:
         import openvino as ov
 
+        from service.runtime.openvino import GRAPH_CONFIG
+
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
+        config.update(GRAPH_CONFIG["sam_decoder"])  # the service's decoder compile properties
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.request = ov.Core().compile_model(model, "CPU", config).create_infer_request()

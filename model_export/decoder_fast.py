@@ -2,7 +2,7 @@
 
 `FusedSamDecoder(model)` is `SamDecoderOnnx` (model_export/onnx_wrappers.py) rewritten for a CPU runtime; it
 holds references to the same prompt encoder / mask decoder modules (no weight copies) and computes, in exact
-arithmetic, the same outputs. Three rewrites (R = h*w image tokens, E = transformer width, H heads of width d,
+arithmetic, the same outputs. Four rewrites (R = h*w image tokens, E = transformer width, H heads of width d,
 T = 1 + M + N prompt-side tokens, C1 = E/4, C2 = E/8):
 
 1. Attention between the T tokens and the R image tokens is re-associated so that no (R, E) x (E, H*d)
@@ -18,6 +18,13 @@ T = 1 + M + N prompt-side tokens, C1 = E/4, C2 = E/8):
    per-token MLP E -> 4*C1 -> (LayerNorm over C1, GELU) -> 16*C2 (GELU), then the hypernetwork product with the
    M mask tokens, and ONE depth-to-space of the M output channels at the end; everything stays in the
    row-major (R, E) token layout the transformer produced.
+4. The image tokens are rows (K|1, R, E) from the start: the image embedding is transposed once per call (not
+   per prompt), the products with them as the right operand read them transposed in place (OpenVINO's MatMul
+   transpose_b, the image -> token output as probs^T values), and the LayerNorms run over the last axis. With
+   them channels-first (E, R), the upscaling's first GEMM needed a transpose of the (K, E, R) keys per prompt
+   (0.49 ms of ~5.5 ms per prompt at 2 cores). OpenVINO's snippets would fuse the token -> image attention in
+   this layout into one slower MHA subgraph: the service compiles the decoder without them
+   (service/runtime/openvino.py GRAPH_CONFIG).
 3. The mask prompt path (2x2/2 conv, LayerNorm2d, GELU, 2x2/2 conv, LayerNorm2d, GELU, 1x1 conv) likewise runs
    per image token on a space-to-depth view of the (4h, 4w) mask (16 values per token), then is selected
    with has_mask_input exactly like the plain graph.
@@ -37,16 +44,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from model_export.onnx_wrappers import SamDecoderOnnx
-
-
-def _norm(x: torch.Tensor, norm: nn.Module, axis: int) -> torch.Tensor:
-    """LayerNorm (nn.LayerNorm or LayerNorm2d: weight, bias, eps) over `axis` of x, which has the channel
-    axis there and the image tokens after it (LayerNorm2d's own formula, for any axis)."""
-    mean = x.mean(dim=axis, keepdim=True)
-    centred = x - mean
-    var = (centred * centred).mean(dim=axis, keepdim=True)
-    shape = [-1] + [1] * (x.dim() - 1 - (axis % x.dim()))
-    return centred * torch.rsqrt(var + norm.eps) * norm.weight.reshape(shape) + norm.bias.reshape(shape)
 
 
 class _Reassociated(nn.Module):
@@ -69,26 +66,26 @@ class _Reassociated(nn.Module):
 
 class TokenToImage(_Reassociated):
     """attn(q, k, v) of an `Attention` module, re-associated (module docstring, 1).
-    q (K, T, E) tokens; k_t, v_t (B, E, R) image tokens channels-first, B = 1 or K -> (K, T, E)."""
+    q (K, T, E) tokens; k, v (B, R, E) image tokens as rows, B = 1 or K -> (K, T, E)."""
 
-    def forward(self, q: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         attn, heads, inner, d = self.attn, self.heads, self.inner, self.d
         batch, tokens, width = q.shape
         qh = self._per_head(attn.q_proj, q)  # (K, H, T, d)
         wk = self._head_weight(attn.k_proj)  # rows of W_k per head (H, d, E)
         g = (qh @ wk).reshape(batch, heads * tokens, width) * (1.0 / math.sqrt(d))  # (K, H*T, E)
-        probs = torch.softmax(g @ k_t, dim=-1)  # (K, H*T, R)
-        mixed = (v_t @ probs.transpose(1, 2)).reshape(batch, width, heads, tokens)  # (K, E, H, T)
-        wv = self._head_weight(attn.v_proj)  # (H, d, E)
-        out = wv @ mixed.permute(0, 2, 1, 3) + attn.v_proj.bias.reshape(heads, d, 1)  # (K, H, d, T)
-        return attn.out_proj(out.permute(0, 3, 1, 2).reshape(batch, tokens, inner))
+        probs = torch.softmax(g @ k.transpose(1, 2), dim=-1)  # (K, H*T, R)
+        mixed = (probs @ v).reshape(batch, heads, tokens, width)  # (K, H, T, E)
+        wv = self._head_weight(attn.v_proj).transpose(1, 2)  # (H, E, d)
+        out = mixed @ wv + attn.v_proj.bias.reshape(heads, 1, d)  # (K, H, T, d)
+        return attn.out_proj(out.transpose(1, 2).reshape(batch, tokens, inner))
 
 
 class ImageToToken(_Reassociated):
-    """attn(q, k, v) re-associated (module docstring, 1). q_t (B, E, R) image tokens channels-first, B = 1 or
-    K; k, v (K, T, E) tokens -> the attention output channels-first (K, E, R)."""
+    """attn(q, k, v) re-associated (module docstring, 1). q (B, R, E) image tokens as rows, B = 1 or K;
+    k, v (K, T, E) tokens -> the attention output as rows (K, R, E)."""
 
-    def forward(self, q_t: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         attn, heads, d = self.attn, self.heads, self.d
         batch, tokens, width = k.shape
         scale = 1.0 / math.sqrt(d)
@@ -96,17 +93,17 @@ class ImageToToken(_Reassociated):
         wq = self._head_weight(attn.q_proj)  # (H, d, E)
         g = (kh @ wq).reshape(batch, heads * tokens, width) * scale  # (K, H*T, E)
         bias = (kh @ attn.q_proj.bias.reshape(heads, d, 1)).reshape(batch, heads * tokens, 1) * scale
-        scores = (g @ q_t + bias).reshape(batch, heads, tokens, -1)  # (K, H, T, R)
+        scores = (g @ q.transpose(1, 2) + bias).reshape(batch, heads, tokens, -1)  # (K, H, T, R)
         probs = torch.softmax(scores, dim=2).reshape(batch, heads * tokens, -1)  # over T; R stays contiguous
         vh = self._per_head(attn.v_proj, v)  # (K, H, T, d)
         wo = attn.out_proj.weight.t().reshape(heads, d, width)  # (H, d, E)
         values = (vh @ wo).reshape(batch, heads * tokens, width)  # (K, H*T, E)
-        return values.transpose(1, 2) @ probs + attn.out_proj.bias.reshape(-1, 1)  # (K, E, R)
+        return probs.transpose(1, 2) @ values + attn.out_proj.bias  # (K, R, E)
 
 
 class MaskRows(nn.Module):
     """PromptEncoder.mask_downscaling per image token, selected by has_mask_input (module docstring, 3).
-    mask_input (K, 1, 4h, 4w), has_mask_input (K,) -> dense prompt embeddings channels-first (K, E, R)."""
+    mask_input (K, 1, 4h, 4w), has_mask_input (K,) -> dense prompt embeddings as rows (K, R, E)."""
 
     def __init__(self, prompt_encoder: nn.Module, grid: tuple[int, int]) -> None:
         super().__init__()
@@ -116,37 +113,35 @@ class MaskRows(nn.Module):
         conv0, ln0, _, conv1, ln1, _, conv2 = self.prompt_encoder.mask_downscaling
         k = mask_input.shape[0]
         h, w = self.grid
-        # (K, 1, 4h, 4w) -> (K, 4 (i1 j1: second conv tap), 4 (i0 j0: first conv tap), R)
-        taps = mask_input.reshape(k, h, 2, 2, w, 2, 2).permute(0, 2, 5, 3, 6, 1, 4).reshape(k, 4, 4, h * w)
-        x = conv0.weight.reshape(-1, 4) @ taps + conv0.bias.reshape(-1, 1)  # (K, 4, C/4, R)
-        x = F.gelu(_norm(x, ln0, axis=2))
+        # (K, 1, 4h, 4w) -> (K, R, 4 (i1 j1: second conv tap), 4 (i0 j0: first conv tap))
+        taps = mask_input.reshape(k, h, 2, 2, w, 2, 2).permute(0, 1, 4, 2, 5, 3, 6).reshape(k, h * w, 4, 4)
+        x = taps @ conv0.weight.reshape(-1, 4).t() + conv0.bias  # (K, R, 4, C/4)
+        x = F.gelu(F.layer_norm(x, (int(ln0.weight.shape[0]),), ln0.weight, ln0.bias, ln0.eps))
         w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.weight.shape[0], -1)  # (C, 4 * C/4)
-        x = w1 @ x.reshape(k, -1, h * w) + conv1.bias.reshape(-1, 1)  # (K, C, R)
-        x = F.gelu(_norm(x, ln1, axis=1))
-        from_mask = conv2.weight.reshape(conv2.weight.shape[0], -1) @ x + conv2.bias.reshape(
-            -1, 1
-        )  # (K, E, R)
-        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1)
+        x = x.reshape(k, h * w, -1) @ w1.t() + conv1.bias  # (K, R, C)
+        x = F.gelu(F.layer_norm(x, (int(ln1.weight.shape[0]),), ln1.weight, ln1.bias, ln1.eps))
+        from_mask = x @ conv2.weight.reshape(conv2.weight.shape[0], -1).t() + conv2.bias  # (K, R, E)
+        no_mask = self.prompt_encoder.no_mask_embed.weight.reshape(1, 1, -1)
         return torch.where((has_mask_input > 0.5).reshape(-1, 1, 1), from_mask, no_mask)
 
 
 class Upscaling(nn.Module):
     """MaskDecoder.output_upscaling + hypernetwork product per image token (module docstring, 2), on the tokens
-    as rows (one transpose of keys: the per-token products then run as (R, E) x weight GEMMs at the backend's
-    reduced precision, and the LayerNorm over C1 is the last axis).
-    keys_t (K, E, R) channels-first, hyper (K, M, C2) -> mask logits (K, M, 4h, 4w)."""
+    as rows: the per-token products run as (R, E) x weight GEMMs at the backend's reduced precision, and the
+    LayerNorm over C1 is the last axis.
+    keys (K, R, E) as rows, hyper (K, M, C2) -> mask logits (K, M, 4h, 4w)."""
 
     def __init__(self, mask_decoder: nn.Module, grid: tuple[int, int]) -> None:
         super().__init__()
         self.mask_decoder, self.grid = mask_decoder, grid
 
-    def forward(self, keys_t: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+    def forward(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         conv1, norm, _, conv2, _ = self.mask_decoder.output_upscaling
         k, m = hyper.shape[0], hyper.shape[1]
         h, w = self.grid
         # ConvTranspose2d weights (C_in, C_out, 2, 2) -> columns (i, j, C_out) for sub-pixel (2y + i, 2x + j)
         w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.weight.shape[0], -1)  # (E, 4 * C1)
-        x = (keys_t.transpose(1, 2) @ w1).reshape(k, h * w, 4, -1) + conv1.bias  # (K, R, 4 (i1 j1), C1)
+        x = (keys @ w1).reshape(k, h * w, 4, -1) + conv1.bias  # (K, R, 4 (i1 j1), C1)
         x = F.gelu(F.layer_norm(x, (int(norm.weight.shape[0]),), norm.weight, norm.bias, norm.eps))
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(conv2.weight.shape[0], -1)  # (C1, 4 * C2)
         x = F.gelu((x @ w2).reshape(k, h * w, 4, 4, -1) + conv2.bias)  # (K, R, 4, 4 (i0 j0), C2)
@@ -165,7 +160,7 @@ class FusedSamDecoder(SamDecoderOnnx):
         super().__init__(model)
         pe = self.image_pe  # (1, E, h, w)
         grid = (int(pe.shape[2]), int(pe.shape[3]))
-        self.register_buffer("pe_t", pe.flatten(2).contiguous())  # (1, E, R)
+        self.register_buffer("pe_rows", pe.flatten(2).transpose(1, 2).contiguous())  # (1, R, E)
         transformer = self.mask_decoder.transformer
         self.layers = nn.ModuleList(
             nn.ModuleDict(
@@ -181,8 +176,8 @@ class FusedSamDecoder(SamDecoderOnnx):
         self.upscaling = Upscaling(self.mask_decoder, grid)
 
     def _transformer(self, keys: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """TwoWayTransformer.forward on channels-first image tokens keys (K|1, E, R) and tokens (K, T, E)."""
-        transformer, pe = self.mask_decoder.transformer, self.pe_t
+        """TwoWayTransformer.forward on image tokens as rows keys (K|1, R, E) and tokens (K, T, E)."""
+        transformer, pe = self.mask_decoder.transformer, self.pe_rows
         queries = tokens
         for layer, fused in zip(transformer.layers, self.layers, strict=True):
             if layer.skip_first_layer_pe:
@@ -195,7 +190,7 @@ class FusedSamDecoder(SamDecoderOnnx):
             queries = layer.norm2(queries + fused["token_to_image"](queries + tokens, keys_pe, keys))
             queries = layer.norm3(queries + layer.mlp(queries))
             attended = fused["image_to_token"](keys_pe, queries + tokens, queries)
-            keys = _norm(keys + attended, layer.norm4, axis=1)
+            keys = layer.norm4(keys + attended)
         attended = self.final_token_to_image(queries + tokens, keys + pe, keys)
         return transformer.norm_final_attn(queries + attended), keys
 
@@ -212,7 +207,8 @@ class FusedSamDecoder(SamDecoderOnnx):
         k = sparse.shape[0]
         out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
         tokens = torch.cat([out_tokens.unsqueeze(0).expand(k, -1, -1), sparse], dim=1)  # (K, T, E)
-        keys = image_embeddings.flatten(2) + self.mask_rows(mask_input, has_mask_input)  # (K, E, R)
+        # (1, E, h, w) -> rows (1, R, E): the one transpose of the image tokens, per call (not per prompt)
+        keys = image_embeddings.flatten(2).transpose(1, 2) + self.mask_rows(mask_input, has_mask_input)
         hs, keys = self._transformer(keys, tokens)
         mask_out = hs[:, 1 : 1 + decoder.num_mask_tokens, :]
         hyper = torch.stack(

@@ -125,3 +125,22 @@ def test_a_float16_embedding_is_taken_as_is(tiny_bundle: Path) -> None:
         np.testing.assert_array_equal(c16.patch_embeddings, c32.patch_embeddings)
     finally:
         backend.close()
+
+
+def _layer_types(compiled) -> set[str]:
+    """The CPU plugin's node types in a compiled model's execution graph ("Subgraph": a snippets kernel)."""
+    return {op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops()}
+
+
+def test_the_decoder_compiles_without_snippets_and_the_other_graphs_with_them(tiny_bundle: Path) -> None:
+    """GRAPH_CONFIG: every compiled decoder model (dynamic and specialisations) runs without the CPU plugin's
+    snippets (they would fuse the fused decoder's token -> image attention into a slower MHA subgraph); the
+    encoder keeps the plugin's default, which does use them."""
+    backend = _backend(tiny_bundle)
+    try:
+        decoder = backend.sessions["sam_decoder"]
+        for compiled in [decoder.compiled, *(m.compiled for m in decoder.models.values())]:
+            assert "Subgraph" not in _layer_types(compiled)
+        assert "Subgraph" in _layer_types(backend.sessions["encoder"].compiled)
+    finally:
+        backend.close()
