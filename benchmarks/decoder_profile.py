@@ -145,13 +145,13 @@ def count_flops(model: Any, depth: int) -> tuple[dict[str, Any], dict[str, str]]
 class OpenVinoProfiler:
     """One compiled static-shape model with PERF_COUNT; `call()` runs it once and keeps its per-node times."""
 
-    def __init__(self, model: Any, feeds: dict, precision: str, threads: int) -> None:
+    def __init__(self, model: Any, feeds: dict, precision: str, threads: int, variant: str | None) -> None:
         import openvino as ov
 
-        from service.runtime.openvino import GRAPH_CONFIG
+        from service.runtime.openvino import VARIANT_CONFIG
 
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
-        config.update(GRAPH_CONFIG["sam_decoder"])  # the service's decoder compile properties
+        config.update(VARIANT_CONFIG.get(("sam_decoder", variant), {}))  # as the service compiles that graph
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
@@ -227,7 +227,8 @@ def profile_graphs(graphs: dict[str, Path], feeds: dict, args: argparse.Namespac
         model = static_model(path, feeds)
         flops[label], names[label] = count_flops(model, args.depth)
         if args.runtime == "openvino":
-            profs[label] = OpenVinoProfiler(model, feeds, args.precision, args.threads)
+            variant = None if label == "plain" else label
+            profs[label] = OpenVinoProfiler(model, feeds, args.precision, args.threads, variant)
         else:
             profs[label] = OrtProfiler(path, feeds, args.threads)
     for i in range(args.repeats + 3):  # 3 warm-up rounds

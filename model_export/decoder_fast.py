@@ -24,7 +24,7 @@ T = 1 + M + N prompt-side tokens, C1 = E/4, C2 = E/8):
    them channels-first (E, R), the upscaling's first GEMM needed a transpose of the (K, E, R) keys per prompt
    (0.49 ms of ~5.5 ms per prompt at 2 cores). OpenVINO's snippets would fuse the token -> image attention in
    this layout into one slower MHA subgraph: the service compiles the decoder without them
-   (service/runtime/openvino.py GRAPH_CONFIG).
+   (service/runtime/openvino.py VARIANT_CONFIG).
 3. The mask prompt path (2x2/2 conv, LayerNorm2d, GELU, 2x2/2 conv, LayerNorm2d, GELU, 1x1 conv) likewise runs
    per image token on a space-to-depth view of the (4h, 4w) mask (16 values per token), then is selected
    with has_mask_input exactly like the plain graph.

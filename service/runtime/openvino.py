@@ -40,12 +40,14 @@ from service.runtime.openvino_decoder import DecoderModels, without_mask_prompts
 _PRECISIONS = {"bf16", "f16", "f32"}
 _STATIC_GRAPHS = ("encoder", "clip_head")
 CACHED_INPUTS = {"sam_decoder": "image_embeddings", "clip_head": "patch_tokens"}  # arrays of a cache entry
-GRAPH_CONFIG: dict[str, dict[str, str]] = {"sam_decoder": {"SNIPPETS_MODE": "DISABLE"}}
-"""Compile properties per graph, over the common ones. The decoder runs without the CPU plugin's snippets: they
-capture the fused decoder's token -> image attention (MatMul, Softmax, MatMul over the image tokens as rows) as
-one MHA subgraph on non-AMX kernels, 1.2-1.6 ms per attention instead of ~0.2 ms as separate AMX GEMMs (ViT-B,
-1 box, 2-core Sapphire Rapids: the call 7.2 ms without them against 10.1 ms with them; the plain decoder 8.0 vs
-8.3 ms)."""
+VARIANT_CONFIG: dict[tuple[str, str | None], dict[str, str]] = {
+    ("sam_decoder", "fused"): {"SNIPPETS_MODE": "DISABLE"}
+}
+"""Compile properties per (graph, variant it runs), over the common ones. The fused decoder runs without the CPU
+plugin's snippets: they capture its token -> image attention (MatMul, Softmax, MatMul over the image tokens as
+rows) as one MHA subgraph on non-AMX kernels, 1.2-1.6 ms per attention instead of ~0.2 ms as separate AMX GEMMs
+(ViT-B, 1 box, 2-core Sapphire Rapids: 7.2 ms per call without them against 10.1 ms with them). The plain decoder
+keeps them (14.0 ms without, 11.7 ms with)."""
 
 
 def _port_name(names: set[str], known: tuple[str, ...]) -> str:
@@ -142,7 +144,9 @@ class OpenVinoBackend(GraphBackend):
         }
         if self.streams > 0:
             config["NUM_STREAMS"] = self.streams
-        return self.core.compile_model(model, "CPU", {**config, **GRAPH_CONFIG.get(graph, {})})
+        entry = self.variant.entries.get(graph)
+        config.update(VARIANT_CONFIG.get((graph, entry.name if entry is not None else None), {}))
+        return self.core.compile_model(model, "CPU", config)
 
     def _decoder_models(self, dynamic: _Compiled, source: Path) -> DecoderModels:
         grid = 4 * int(self.bundle.embed_grid)

@@ -4,6 +4,7 @@ to float rounding)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,12 +18,12 @@ from service.runtime.openvino_decoder import WARM_SHAPES, DecoderModels  # noqa:
 from service.runtime.registry import create_backend  # noqa: E402
 
 
-def _backend(bundle: Path, shapes: int = 8, cache_dtype: str | None = None):
+def _backend(bundle: Path, shapes: int = 8, cache_dtype: str | None = None, decoder_variant: str = "none"):
     settings = SimpleNamespace(
         intra_op_threads=1,
         openvino_precision="f32",
         openvino_decoder_shapes=shapes,
-        decoder_variant="none",
+        decoder_variant=decoder_variant,
         cache_dtype=cache_dtype,
     )
     return create_backend("openvino", Bundle.load(bundle), settings)
@@ -132,15 +133,28 @@ def _layer_types(compiled) -> set[str]:
     return {op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops()}
 
 
-def test_the_decoder_compiles_without_snippets_and_the_other_graphs_with_them(tiny_bundle: Path) -> None:
-    """GRAPH_CONFIG: every compiled decoder model (dynamic and specialisations) runs without the CPU plugin's
-    snippets (they would fuse the fused decoder's token -> image attention into a slower MHA subgraph); the
-    encoder keeps the plugin's default, which does use them."""
-    backend = _backend(tiny_bundle)
-    try:
-        decoder = backend.sessions["sam_decoder"]
-        for compiled in [decoder.compiled, *(m.compiled for m in decoder.models.values())]:
-            assert "Subgraph" not in _layer_types(compiled)
-        assert "Subgraph" in _layer_types(backend.sessions["encoder"].compiled)
-    finally:
-        backend.close()
+@pytest.fixture(scope="module")
+def fused_tiny(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny bundle with its fused decoder variant (model_export/decoder_variant.py)."""
+    from model_export.decoder_variant import add_decoder_variant
+
+    out = tmp_path_factory.mktemp("fused") / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    add_decoder_variant(out)
+    return out
+
+
+def test_the_fused_decoder_compiles_without_snippets_and_the_plain_one_with_them(fused_tiny: Path) -> None:
+    """VARIANT_CONFIG: every compiled model of the fused decoder (dynamic and specialisations) runs without the
+    CPU plugin's snippets (they would fuse its token -> image attention into a slower MHA subgraph); the plain
+    decoder keeps the plugin's default, which does use them."""
+    for variant, snippets in (("fused", False), ("none", True)):
+        backend = _backend(fused_tiny, decoder_variant=variant)
+        try:
+            graph = backend.info.details["graphs"]["sam_decoder"]
+            assert graph["file"] == ("sam_decoder.fused.onnx" if variant == "fused" else "sam_decoder.onnx")
+            decoder = backend.sessions["sam_decoder"]
+            for compiled in [decoder.compiled, *(m.compiled for m in decoder.models.values())]:
+                assert ("Subgraph" in _layer_types(compiled)) == snippets, variant
+        finally:
+            backend.close()
