@@ -18,16 +18,16 @@ T = 1 + M + N prompt-side tokens, C1 = E/4, C2 = E/8):
    per-token MLP E -> 4*C1 -> (LayerNorm over C1, GELU) -> 16*C2 (GELU), then the hypernetwork product with the
    M mask tokens, and ONE depth-to-space of the M output channels at the end; everything stays in the
    row-major (R, E) token layout the transformer produced.
+3. The mask prompt path (2x2/2 conv, LayerNorm2d, GELU, 2x2/2 conv, LayerNorm2d, GELU, 1x1 conv) likewise runs
+   per image token on a space-to-depth view of the (4h, 4w) mask (16 values per token), then is selected
+   with has_mask_input exactly like the plain graph.
 4. The image tokens are rows (K|1, R, E) from the start: the image embedding is transposed once per call (not
    per prompt), the products with them as the right operand read them transposed in place (OpenVINO's MatMul
    transpose_b, the image -> token output as probs^T values), and the LayerNorms run over the last axis. With
    them channels-first (E, R), the upscaling's first GEMM needed a transpose of the (K, E, R) keys per prompt
    (0.49 ms of ~5.5 ms per prompt at 2 cores). OpenVINO's snippets would fuse the token -> image attention in
-   this layout into one slower MHA subgraph: the service compiles the decoder without them
+   this layout into one slower MHA subgraph: the service compiles this graph without them
    (service/runtime/openvino.py VARIANT_CONFIG).
-3. The mask prompt path (2x2/2 conv, LayerNorm2d, GELU, 2x2/2 conv, LayerNorm2d, GELU, 1x1 conv) likewise runs
-   per image token on a space-to-depth view of the (4h, 4w) mask (16 values per token), then is selected
-   with has_mask_input exactly like the plain graph.
 
 Nothing is cached per image (every input is the plain graph's): the layer-0 projections of the image tokens
 that do not depend on the prompt would take 3 x R x E/2 values per image (3 MB in fp16 for ViT-B), while the
