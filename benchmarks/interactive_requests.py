@@ -76,6 +76,12 @@ def _med(samples: list[Any], stage: str | None = None) -> float:
     return round(statistics.median(s.wall_ms if stage is None else s.stage(stage) for s in samples), 2)
 
 
+def _stages(samples: list[Any]) -> dict[str, float]:
+    """Medians of a cached prompt's wall time and its decoder / postprocess / render stages."""
+    return {"wall_ms": _med(samples), "decoder_ms": _med(samples, "decoder"),
+            "postprocess_ms": _med(samples, "postprocess"), "render_ms": _med(samples, "render")}  # fmt: skip
+
+
 def cached_prompts(new: Any, old: Any, args: Any, jpeg: bytes) -> dict[str, Any]:
     """Cached K-box /segment/prompt on both servers (module docstring)."""
     ids = {"new": _upload(new, jpeg), "old": _upload(old, jpeg)}
@@ -92,11 +98,7 @@ def cached_prompts(new: Any, old: Any, args: Any, jpeg: bytes) -> dict[str, Any]
         for i in range(2):  # warm: the first call of a new (K, N) compiles its box specialisation
             call(new, -1 - i, k), call(old, -1 - i, k)
         runs = _pair(new, old, lambda c, i, k=k: call(c, i, k), args.cached_repeats)
-        result["boxes"][k] = {
-            side: {"wall_ms": _med(s), "decoder_ms": _med(s, "decoder"), "postprocess_ms": _med(s, "postprocess"),
-                   "render_ms": _med(s, "render")}
-            for side, s in runs.items()
-        }  # fmt: skip
+        result["boxes"][k] = {side: _stages(s) for side, s in runs.items()}
     result["paced"] = paced_prompts(call, new, old, args.cached_repeats)
     first, last = min(args.boxes), max(args.boxes)
     for side in ("new", "old"):
@@ -117,10 +119,7 @@ def paced_prompts(call: Any, new: Any, old: Any, repeats: int, gap_s: float = PA
         return call(client, 500 + i, 1)
 
     runs = _pair(new, old, paced, repeats)
-    out: dict[str, Any] = {"gap_ms": round(gap_s * 1e3)}
-    for side, s in runs.items():
-        out[side] = {"wall_ms": _med(s), "decoder_ms": _med(s, "decoder"),
-                     "postprocess_ms": _med(s, "postprocess"), "render_ms": _med(s, "render")}  # fmt: skip
+    out: dict[str, Any] = {"gap_ms": round(gap_s * 1e3), **{side: _stages(s) for side, s in runs.items()}}
     out["ratio"] = round(out["new"]["wall_ms"] / out["old"]["wall_ms"], 3)
     return out
 

@@ -6,6 +6,7 @@ a test that requests one of these fixtures where torch is missing is skipped wit
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -31,4 +32,15 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("tiny_bundle")
     provenance = {"random_init": True, "seed": 0, "sources": []}
     export_bundle(build_model("tiny", seed=0), load_config("tiny"), out, provenance, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def fused_tiny(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the tiny bundle with its fused decoder variant (model_export/decoder_variant.py); read-only."""
+    from model_export.decoder_variant import add_decoder_variant
+
+    out = tmp_path_factory.mktemp("fused_tiny") / "bundle"
+    shutil.copytree(tiny_bundle, out)
+    add_decoder_variant(out)
     return out

@@ -4,7 +4,6 @@ FLOPs and per-op times of both graphs. Nothing is asserted on speed."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,16 +13,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "decoder_profile.py"
 pytest.importorskip("openvino")
-
-
-@pytest.fixture(scope="module")
-def fused_tiny(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from model_export.decoder_variant import add_decoder_variant
-
-    out = tmp_path_factory.mktemp("profile") / "bundle"
-    shutil.copytree(tiny_bundle, out)
-    add_decoder_variant(out)
-    return out
 
 
 @pytest.mark.parametrize("extra", [[], ["--mask-path"], ["--runtime", "onnxruntime", "--prompts", "2"]])

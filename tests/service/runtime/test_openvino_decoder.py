@@ -4,7 +4,6 @@ to float rounding)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -131,17 +130,6 @@ def test_a_float16_embedding_is_taken_as_is(tiny_bundle: Path) -> None:
 def _layer_types(compiled) -> set[str]:
     """The CPU plugin's node types in a compiled model's execution graph ("Subgraph": a snippets kernel)."""
     return {op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops()}
-
-
-@pytest.fixture(scope="module")
-def fused_tiny(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the tiny bundle with its fused decoder variant (model_export/decoder_variant.py)."""
-    from model_export.decoder_variant import add_decoder_variant
-
-    out = tmp_path_factory.mktemp("fused") / "bundle"
-    shutil.copytree(tiny_bundle, out)
-    add_decoder_variant(out)
-    return out
 
 
 def test_the_fused_decoder_compiles_without_snippets_and_the_plain_one_with_them(fused_tiny: Path) -> None:
