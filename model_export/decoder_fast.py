@@ -141,10 +141,12 @@ class Upscaling(nn.Module):
         h, w = self.grid
         # ConvTranspose2d weights (C_in, C_out, 2, 2) -> columns (i, j, C_out) for sub-pixel (2y + i, 2x + j)
         w1 = conv1.weight.permute(0, 2, 3, 1).reshape(conv1.weight.shape[0], -1)  # (E, 4 * C1)
-        x = (keys @ w1).reshape(k, h * w, 4, -1) + conv1.bias  # (K, R, 4 (i1 j1), C1)
+        # biases tiled over the sub-pixels and added to the GEMM output before any reshape: OpenVINO fuses them
+        # into the GEMM (a separate broadcast Add over the (K, R, 4, 4, C2) view: 0.43 ms per prompt, ViT-B)
+        x = (keys @ w1 + conv1.bias.repeat(4)).reshape(k, h * w, 4, -1)  # (K, R, 4 (i1 j1), C1)
         x = F.gelu(F.layer_norm(x, (int(norm.weight.shape[0]),), norm.weight, norm.bias, norm.eps))
         w2 = conv2.weight.permute(0, 2, 3, 1).reshape(conv2.weight.shape[0], -1)  # (C1, 4 * C2)
-        x = F.gelu((x @ w2).reshape(k, h * w, 4, 4, -1) + conv2.bias)  # (K, R, 4, 4 (i0 j0), C2)
+        x = F.gelu(x.reshape(k, h * w * 4, -1) @ w2 + conv2.bias.repeat(4))  # (K, R * 4, 4 (i0 j0) * C2)
         logits = x.reshape(k, h * w * 16, -1) @ hyper.transpose(1, 2)  # (K, R * 16, M)
         # rows (y, x, i1, j1, i0, j0) -> pixel (4y + 2 i1 + i0, 4x + 2 j1 + j0)
         logits = logits.reshape(k, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
