@@ -3,8 +3,10 @@
 `ImageEntry` fields (S = model input size, h = w = S / patch, C = SAM channels, W = encoder width, D = CLIP dim):
 - image_id: sha256 hex of the uploaded bytes; width, height: ORIGINAL size after EXIF orientation;
 - input_size: (new_h, new_w) after resize-longest-side to S (the rest of the S x S input is padding);
-- image_embeddings: (1, C, h, w) in the cache dtype, SAM decoder input (OpenVINO takes it as
-  is at an input port of that dtype; other runtimes cast it per call: GraphBackend.feed), always kept;
+- image_embeddings: (1, C, h, w) in the cache dtype, SAM decoder input, always kept; held channels-last in memory
+  (`channels_last`: a (1, h, w, C) C-contiguous array viewed as (1, C, h, w)), the layout OpenVINO's fused decoder
+  takes without a transpose (service/runtime/openvino_decoder.py; at a port of the cache dtype); other runtimes
+  copy it to their layout and dtype per call (GraphBackend.feed);
 - memo (shared by every copy of the entry): patch_tokens (1, h, w, W) in the cache dtype until the CLIP head has
   run, then the CLIP outputs (image_embedding (1, D) float32, patch_embeddings (1, h, w, D) in the cache
   dtype), and the patch tokens are dropped;
@@ -77,6 +79,12 @@ class ImageEntry:
         return dataclasses.replace(self, cached=cached)
 
 
+def channels_last(array: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
+    """(1, C, h, w) -> the same values in `dtype`, shape (1, C, h, w), held channels-last: a view of a
+    C-contiguous (1, h, w, C) array (one copy, none when it is already so held)."""
+    return np.ascontiguousarray(array.transpose(0, 2, 3, 1), dtype).transpose(0, 3, 1, 2)
+
+
 def new_entry(
     image_id: str,
     size: tuple[int, int],
@@ -85,8 +93,8 @@ def new_entry(
     patch_tokens: np.ndarray,
     dtype: str = "float32",
 ) -> ImageEntry:
-    """A fresh entry from one encoder pass: size (width, height) ORIGINAL; image_embeddings (1, C, h, w) and
-    patch_tokens (1, h, w, W) are stored C-contiguous in `dtype` (one of CACHE_DTYPES)."""
+    """A fresh entry from one encoder pass: size (width, height) ORIGINAL; image_embeddings (1, C, h, w) is
+    stored channels-last and patch_tokens (1, h, w, W) C-contiguous, both in `dtype` (one of CACHE_DTYPES)."""
     if dtype not in CACHE_DTYPES:
         raise ValueError(f"cache dtype {dtype!r}: expected one of {CACHE_DTYPES}")
     return ImageEntry(
@@ -94,7 +102,7 @@ def new_entry(
         width=size[0],
         height=size[1],
         input_size=input_size,
-        image_embeddings=np.ascontiguousarray(image_embeddings, dtype),
+        image_embeddings=channels_last(image_embeddings, dtype),
         memo=Memo(patch_tokens=np.ascontiguousarray(patch_tokens, dtype)),
     )
 
@@ -124,8 +132,9 @@ def from_bytes(image_id: str, data: bytes) -> ImageEntry:
     except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as exc:
         raise ValueError(f"not a serialised entry: {exc}") from exc
     meta = arrays.get("meta")
-    if meta is None or meta.shape != (4,) or "image_embeddings" not in arrays:
-        raise ValueError("serialised entry lacks meta or image_embeddings")
+    embeddings = arrays.get("image_embeddings")
+    if meta is None or meta.shape != (4,) or embeddings is None or embeddings.ndim != 4:
+        raise ValueError("serialised entry lacks meta or a (1, C, h, w) image_embeddings")
     clip = None
     if "clip_image" in arrays and "clip_patches" in arrays:
         clip = ClipOutput(arrays["clip_image"], arrays["clip_patches"])
@@ -135,6 +144,6 @@ def from_bytes(image_id: str, data: bytes) -> ImageEntry:
         width=width,
         height=height,
         input_size=(new_h, new_w),
-        image_embeddings=arrays["image_embeddings"],
+        image_embeddings=channels_last(embeddings, embeddings.dtype),
         memo=Memo(patch_tokens=arrays.get("patch_tokens"), clip=clip),
     )

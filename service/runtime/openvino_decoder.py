@@ -14,6 +14,12 @@ compare them). Every box/point-only call runs a specialisation, so a request giv
 thread, under the decoder's lock); `warm` shapes ((1, 2): one box, or one point + SAM's padding point;
 (1, 3)) are compiled at load. At most `max_models` specialisations are kept (least recently used dropped, then
 compiled again when needed); max_models = 0 turns them off (setting `openvino_decoder_shapes`).
+
+A graph whose one use of `image_embeddings` (1, C, h, w) is its rows (Reshape to (1, C, h*w), Transpose to
+(1, h*w, C): the fused decoder, model_export/decoder_fast.py) takes the embedding channels-last instead
+(`channels_last_embedding`): a cache entry keeps it in that memory order (service/images/entry.py), so the call
+feeds a view and runs no transpose (OpenVINO's reference Transpose kernel: 0.5-1.3 ms of a ~7 ms ViT-B 1-box
+call on 2 cores). Other graphs take it channels-first, as the contract says.
 """
 
 from __future__ import annotations
@@ -59,15 +65,58 @@ def without_mask_prompts(model: Any, grid: int) -> Any:
     return model
 
 
+def channels_last_embedding(model: Any) -> bool:
+    """Rewire `model` (an ov.Model of the decoder) to take image_embeddings channels-last (1, h, w, C) when its
+    one use of the (1, C, h, w) input is Reshape (1, C, h*w) -> Transpose (0, 2, 1), i.e. the embedding's rows
+    (module docstring): the new input is reshaped to those rows, and both ops drop out. Needs a static (1, C, h,
+    w) input. Returns whether it rewired; the model is unchanged otherwise."""
+    from openvino import opset13 as ops
+
+    param = next((p for p in model.get_parameters() if p.get_friendly_name() == "image_embeddings"), None)
+    if param is None or not param.get_partial_shape().is_static or len(param.get_partial_shape()) != 4:
+        return False
+    batch, chans, h, w = (int(d) for d in param.get_partial_shape().to_shape())
+    reshape = _only_user(param, "Reshape")
+    transpose = _only_user(reshape, "Transpose") if reshape is not None else None
+    if transpose is None or list(reshape.get_output_shape(0)) != [batch, chans, h * w]:
+        return False
+    order = transpose.input_value(1).get_node()
+    if order.get_type_name() != "Constant" or list(np.asarray(order.get_data())) != [0, 2, 1]:
+        return False
+    names = param.output(0).get_names()
+    rows_in = ops.parameter([batch, h, w, chans], param.get_element_type(), name="image_embeddings")
+    param.output(0).get_tensor().set_names(set())
+    rows_in.output(0).get_tensor().set_names(names)
+    rows = ops.reshape(rows_in, ops.constant(np.array([batch, h * w, chans], np.int64)), special_zero=False)
+    transpose.output(0).replace(rows.output(0))
+    model.add_parameters([rows_in])
+    model.remove_parameter(param)
+    model.validate_nodes_and_infer_types()
+    return True
+
+
+def _only_user(node: Any, kind: str) -> Any:
+    """The one op reading node's first output when it is of type `kind`, else None."""
+    users = [t.get_node() for t in node.output(0).get_target_inputs()]
+    return users[0] if len(users) == 1 and users[0].get_type_name() == kind else None
+
+
 class DecoderModels:
     """`dynamic`: the compiled dynamic-shape decoder (any call); `specialise(shape)` -> a compiled static
     box/point-only model for shape = {input name: dims} (see the module docstring). `run(feeds)` picks.
-    Callers serialise calls (the backend's per-graph lock)."""
+    channels_last: every model takes image_embeddings as (1, h, w, C) (`channels_last_embedding`); feeds give
+    it as the contract's (1, C, h, w) in any memory order. Callers serialise calls (the backend's per-graph
+    lock)."""
 
     def __init__(
-        self, dynamic: Any, specialise: Callable[[dict[str, list[int]]], Any], max_models: int = 8
+        self,
+        dynamic: Any,
+        specialise: Callable[[dict[str, list[int]]], Any],
+        max_models: int = 8,
+        channels_last: bool = False,
     ) -> None:
         self.dynamic, self._specialise, self.max_models = dynamic, specialise, max_models
+        self.channels_last = channels_last
         self.models: OrderedDict[tuple[int, int], Any] = OrderedDict()
 
     @property
@@ -83,11 +132,20 @@ class DecoderModels:
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Outputs for feeds (all five decoder inputs): the (K, N) specialisation (compiled now if new) when no
         prompt has a mask prompt, else the dynamic model."""
+        embedding = feeds["image_embeddings"]
+        feeds = {**feeds, "image_embeddings": self.embedding_feed(embedding)}
         if self.max_models <= 0 or np.any(feeds["has_mask_input"]):
             return self.dynamic.run(feeds)
         k, n = (int(v) for v in feeds["point_coords"].shape[:2])
-        model = self._model((k, n), tuple(feeds["image_embeddings"].shape))
+        model = self._model((k, n), tuple(embedding.shape))
         return model.run({name: feeds[name] for name in PROMPT_INPUTS})
+
+    def embedding_feed(self, embedding: np.ndarray) -> np.ndarray:
+        """(1, C, h, w) in any memory order -> the C-contiguous array the models take: (1, h, w, C) when
+        channels_last (a view of a channels-last entry), else (1, C, h, w)."""
+        if self.channels_last:
+            return np.ascontiguousarray(embedding.transpose(0, 2, 3, 1))
+        return np.ascontiguousarray(embedding)
 
     def close(self) -> None:
         self.models.clear()

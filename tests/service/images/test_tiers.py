@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.images.entry import ImageEntry, Memo, from_bytes, to_bytes
+from service.images.entry import ImageEntry, Memo, from_bytes, new_entry, to_bytes
 from service.images.tiers import MemoryTier
 from service.runtime.base import ClipOutput
 
@@ -92,6 +92,22 @@ def test_entry_round_trip_keeps_dtype_shape_and_values(stage: str) -> None:
         assert back.memo.clip is None
         np.testing.assert_array_equal(back.memo.patch_tokens, memo.patch_tokens)
     assert back.nbytes == original.nbytes
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_entries_hold_the_sam_embedding_channels_last(dtype: str) -> None:
+    """A new entry and one read back from a shared tier hold the (1, C, h, w) embedding channels-last (the
+    fused OpenVINO decoder's input layout: a view, no transpose per call), with the encoder's values."""
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(1, 8, 3, 5)).astype(np.float32)
+    tokens = rng.normal(size=(1, 3, 5, 4)).astype(np.float32)
+    fresh = new_entry("cd" * 32, (50, 30), (30, 50), emb, tokens, dtype)
+    back = from_bytes(fresh.image_id, to_bytes(fresh))
+    for held in (fresh.image_embeddings, back.image_embeddings):
+        assert held.shape == emb.shape and held.dtype == np.dtype(dtype)
+        assert held.transpose(0, 2, 3, 1).flags.c_contiguous and not held.flags.c_contiguous
+        np.testing.assert_array_equal(held, emb.astype(dtype))
+    assert fresh.memo.patch_tokens.flags.c_contiguous and back.nbytes == fresh.nbytes
 
 
 def test_malformed_or_pickled_values_are_refused() -> None:

@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("openvino")
 
 from service.bundle import Bundle  # noqa: E402
+from service.images.entry import channels_last  # noqa: E402
 from service.runtime.openvino_decoder import WARM_SHAPES, DecoderModels  # noqa: E402
 from service.runtime.registry import create_backend  # noqa: E402
 
@@ -146,3 +147,29 @@ def test_the_fused_decoder_compiles_without_snippets_and_the_plain_one_with_them
                 assert ("Subgraph" in _layer_types(compiled)) == snippets, variant
         finally:
             backend.close()
+
+
+def test_the_fused_decoder_takes_the_embedding_channels_last_with_the_plain_decoders_outputs(
+    fused_tiny: Path,
+) -> None:
+    """The fused decoder's models (dynamic and specialisations) take image_embeddings as (1, h, w, C), its rows
+    without a transpose, fed from a channels-last entry or a channels-first array alike; the plain decoder keeps
+    (1, C, h, w). Both give the same masks (f32, to rounding)."""
+    bundle = Bundle.load(fused_tiny)
+    grid = bundle.embed_grid
+    emb = np.random.default_rng(6).normal(size=(1, 64, grid, grid)).astype(np.float32)
+    prompts = [_prompts(bundle, 1, 2, seed=7), _prompts(bundle, 2, 3, masks=True, seed=8)]
+    outs = {}
+    for variant, shape in (("fused", [1, grid, grid, 64]), ("none", [1, 64, grid, grid])):
+        backend = _backend(fused_tiny, decoder_variant=variant)
+        try:
+            decoder = backend.sessions["sam_decoder"]
+            assert decoder.channels_last == (variant == "fused")
+            for compiled in [decoder.compiled, *(m.compiled for m in decoder.models.values())]:
+                port = next(p for p in compiled.inputs if "image_embeddings" in p.get_names())
+                assert list(port.get_shape()) == shape, variant
+            outs[variant] = [backend.decode(e, *p) for p in prompts for e in (emb, channels_last(emb, "float16"))]
+        finally:
+            backend.close()
+    for fused, plain in zip(outs["fused"], outs["none"], strict=True):
+        np.testing.assert_allclose(fused.low_res_masks, plain.low_res_masks, atol=2e-3, rtol=1e-3)
