@@ -168,7 +168,9 @@ def test_the_fused_decoder_takes_the_embedding_channels_last_with_the_plain_deco
             for compiled in [decoder.compiled, *(m.compiled for m in decoder.models.values())]:
                 port = next(p for p in compiled.inputs if "image_embeddings" in p.get_names())
                 assert list(port.get_shape()) == shape, variant
-            outs[variant] = [backend.decode(e, *p) for p in prompts for e in (emb, channels_last(emb, "float16"))]
+            outs[variant] = [
+                backend.decode(e, *p) for p in prompts for e in (emb, channels_last(emb, "float16"))
+            ]
         finally:
             backend.close()
     for fused, plain in zip(outs["fused"], outs["none"], strict=True):
