@@ -8,7 +8,9 @@ Inputs: the bundle's `sam_decoder` graph and every decoder variant listed in its
 files given), fed a random image embedding (1, C, h, w) and K box prompts (N = 2 tokens: the box corners,
 labels 2 and 3, no mask input) - what one cached `/segment/prompt` with K boxes runs: by default each graph is
 specialised like the service's OpenVINO box/point-only decoder (mask inputs folded to zero, static shapes;
-service/runtime/openvino_decoder.py); `--mask-path` keeps the mask-prompt inputs (zeros).
+service/runtime/openvino_decoder.py), and under OpenVINO compiled and fed as the service does with its default
+float16 cache (the embedding at a float16 port, channels-last for a graph that takes it so);
+`--mask-path` keeps the mask-prompt inputs (zeros).
 
 FLOPs: the graph is read by OpenVINO and reshaped to those static shapes, so every op has concrete shapes.
 Multiply-adds (MACs) are counted for MatMul ([.., M, K] x [.., K, N]: M*N*K per batch item), Convolution
@@ -143,13 +145,24 @@ def count_flops(model: Any, depth: int) -> tuple[dict[str, Any], dict[str, str]]
 
 # --- time per op -------------------------------------------------------------------------------------------
 class OpenVinoProfiler:
-    """One compiled static-shape model with PERF_COUNT; `call()` runs it once and keeps its per-node times."""
+    """One compiled static-shape model with PERF_COUNT; `call()` runs it once and keeps its per-node times.
+    Compiled and fed as the service runs it with its default float16 cache (service/runtime/openvino.py): the
+    image embedding at a float16 port, channels-last where the graph takes it so (`channels_last_embedding`),
+    and the compile properties of its variant."""
 
     def __init__(self, model: Any, feeds: dict, precision: str, threads: int, variant: str | None) -> None:
         import openvino as ov
 
         from service.runtime.openvino import VARIANT_CONFIG
+        from service.runtime.openvino_decoder import channels_last_embedding
 
+        embedding = feeds["image_embeddings"].astype(np.float16)
+        if channels_last_embedding(model):
+            embedding = np.ascontiguousarray(embedding.transpose(0, 2, 3, 1))
+        feeds = {**feeds, "image_embeddings": embedding}
+        steps = ov.preprocess.PrePostProcessor(model)
+        steps.input("image_embeddings").tensor().set_element_type(ov.Type.f16)
+        model = steps.build()
         config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True}
         config.update(VARIANT_CONFIG.get(("sam_decoder", variant), {}))  # as the service compiles that graph
         if threads:
