@@ -33,6 +33,8 @@ PREVIOUS_PATH = {
     "SAMCLIP_CACHE_DTYPE": "float32",
     "SAMCLIP_POSTPROCESS": "plain",
 }
+WARM_PER_BLOCK = 2
+"""Calls not kept before each block of `_pair`."""
 PACE_S = 0.25
 """Idle time before each paced request: a user clicking through an image (`paced_prompts`)."""
 _METRIC_RE = r"^{name}(?:\{{[^}}]*\}})?\s+([0-9.eE+-]+)\s*$"
@@ -60,14 +62,18 @@ def _upload(client: Any, jpeg: bytes) -> str:
     return client.post("/embed", files={"image": ("photo.jpg", jpeg, "image/jpeg")}).body["image_id"]
 
 
-def _pair(new: Any, old: Any, call: Any, repeats: int) -> dict[str, list[Any]]:
-    """call(client, i) -> Sample, `repeats` times per server in blocks: half new, half old, half new, half old.
-    Blocks, not request by request: after a request a server's idle runtime threads spin for a while (OpenVINO,
-    OpenCV), and on 2 cores that would slow the other server's next request."""
+def _pair(new: Any, old: Any, call: Any, repeats: int, warm: int = WARM_PER_BLOCK) -> dict[str, list[Any]]:
+    """call(client, i) -> Sample, `repeats` times per server in blocks: half new, half old, half new, half old,
+    each block after `warm` calls that are not kept (i < 0). Blocks, not request by request, and the calls
+    before each block: after its last request a server's idle runtime threads spin for a while (OpenVINO,
+    OpenCV), and on 2 cores that slows the other server's first requests, which one server per machine never
+    sees (measured: see WARM_PER_BLOCK)."""
     out: dict[str, list[Any]] = {"new": [], "old": []}
     half = max(1, repeats // 2)
     for block in range(2):
         for side, client in (("new", new), ("old", old)):
+            for j in range(warm):
+                call(client, -1 - block * warm - j)
             out[side] += [call(client, block * half + i) for i in range(half)]
     return out
 
