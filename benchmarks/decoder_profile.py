@@ -9,7 +9,7 @@ files given), fed a random image embedding (1, C, h, w) and K box prompts (N = 2
 labels 2 and 3, no mask input) - what one cached `/segment/prompt` with K boxes runs: by default each graph is
 specialised like the service's OpenVINO box/point-only decoder (mask inputs folded to zero, static shapes;
 service/runtime/openvino_decoder.py), and under OpenVINO compiled and fed as the service does with its default
-float16 cache (the embedding at a float16 port, channels-last for a graph that takes it so);
+float16 cache (the embedding channels-last at a float16 port);
 `--mask-path` keeps the mask-prompt inputs (zeros).
 
 FLOPs: the graph is read by OpenVINO and reshaped to those static shapes, so every op has concrete shapes.
@@ -147,18 +147,17 @@ def count_flops(model: Any, depth: int) -> tuple[dict[str, Any], dict[str, str]]
 class OpenVinoProfiler:
     """One compiled static-shape model with PERF_COUNT; `call()` runs it once and keeps its per-node times.
     Compiled and fed as the service runs it with its default float16 cache (service/runtime/openvino.py): the
-    image embedding at a float16 port, channels-last where the graph takes it so (`channels_last_embedding`),
+    image embedding at a float16 port, channels-last (`channels_last_input`),
     and the compile properties of its variant."""
 
     def __init__(self, model: Any, feeds: dict, precision: str, threads: int, variant: str | None) -> None:
         import openvino as ov
 
         from service.runtime.openvino import VARIANT_CONFIG
-        from service.runtime.openvino_decoder import channels_last_embedding
+        from service.runtime.openvino_decoder import channels_last_input
 
-        embedding = feeds["image_embeddings"].astype(np.float16)
-        if channels_last_embedding(model):
-            embedding = np.ascontiguousarray(embedding.transpose(0, 2, 3, 1))
+        channels_last_input(model)
+        embedding = np.ascontiguousarray(feeds["image_embeddings"].astype(np.float16).transpose(0, 2, 3, 1))
         feeds = {**feeds, "image_embeddings": embedding}
         steps = ov.preprocess.PrePostProcessor(model)
         steps.input("image_embeddings").tensor().set_element_type(ov.Type.f16)

@@ -4,9 +4,9 @@
 - image_id: sha256 hex of the uploaded bytes; width, height: ORIGINAL size after EXIF orientation;
 - input_size: (new_h, new_w) after resize-longest-side to S (the rest of the S x S input is padding);
 - image_embeddings: (1, C, h, w) in the cache dtype, SAM decoder input, always kept; held channels-last in memory
-  (`channels_last`: a (1, h, w, C) C-contiguous array viewed as (1, C, h, w)), the layout OpenVINO's fused decoder
-  takes without a transpose (service/runtime/openvino_decoder.py; at a port of the cache dtype); other runtimes
-  copy it to their layout and dtype per call (GraphBackend.feed);
+  (`channels_last`: a (1, h, w, C) C-contiguous array viewed as (1, C, h, w)), the layout OpenVINO's decoders
+  take (service/runtime/openvino_decoder.py; at a port of the cache dtype), the fused one without any transpose;
+  other runtimes copy it to channels-first in their dtype per call (GraphBackend.feed, runtime/layout.py);
 - memo (shared by every copy of the entry): patch_tokens (1, h, w, W) in the cache dtype until the CLIP head has
   run, then the CLIP outputs (image_embedding (1, D) float32, patch_embeddings (1, h, w, D) in the cache
   dtype), and the patch tokens are dropped;
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from service.runtime.base import ClipOutput
+from service.runtime.layout import to_channels_last
 
 ENTRY_OVERHEAD_BYTES = 512
 CACHE_DTYPES = ("float32", "float16")
@@ -81,8 +82,8 @@ class ImageEntry:
 
 def channels_last(array: np.ndarray, dtype: str | np.dtype) -> np.ndarray:
     """(1, C, h, w) -> the same values in `dtype`, shape (1, C, h, w), held channels-last: a view of a
-    C-contiguous (1, h, w, C) array (one copy, none when it is already so held)."""
-    return np.ascontiguousarray(array.transpose(0, 2, 3, 1), dtype).transpose(0, 3, 1, 2)
+    C-contiguous (1, h, w, C) array (one copy, none when it is already so held; service/runtime/layout.py)."""
+    return to_channels_last(array, dtype).transpose(0, 3, 1, 2)
 
 
 def new_entry(

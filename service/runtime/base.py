@@ -23,6 +23,7 @@ import numpy as np
 from samclip_bundle.graphs import GRAPH_INPUTS, GRAPH_OUTPUTS, GRAPHS, input_dtype
 from samclip_bundle.variants import VariantChoice, VariantError, choose_variant
 from service.runtime.decoder import decoder_choice, without_decoder_variants
+from service.runtime.layout import to_channels_first
 
 # `python -m model_export optimize --target T` writes the variants a runtime label runs.
 OPTIMIZE_TARGETS = {"onnxruntime": "ort-int8", "openvino": "openvino-int8"}
@@ -173,7 +174,10 @@ class GraphBackend:
 
     def feed(self, name: str, array: np.ndarray) -> np.ndarray:
         """One input as the runtime takes it: C-contiguous, in the contract's dtype (runtimes that convert
-        float16 themselves may keep it: a float16 cache entry is then not cast on every call)."""
+        float16 themselves may keep it: a float16 cache entry is then not cast on every call). The image embedding
+        may come held channels-last (a cache entry's layout): it is copied channels-first (runtime/layout.py)."""
+        if name == "image_embeddings":
+            return to_channels_first(array, input_dtype(name))
         return np.ascontiguousarray(array, dtype=input_dtype(name))
 
     def close_graph(self, session: Any) -> None:

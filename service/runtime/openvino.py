@@ -35,7 +35,7 @@ import numpy as np
 
 from samclip_bundle.graphs import GRAPH_INPUTS, GRAPH_OUTPUTS
 from service.runtime.base import BackendError, GraphBackend, inference_threads, setting
-from service.runtime.openvino_decoder import DecoderModels, channels_last_embedding, without_mask_prompts
+from service.runtime.openvino_decoder import DecoderModels, channels_last_input, without_mask_prompts
 
 _PRECISIONS = {"bf16", "f16", "f32"}
 _STATIC_GRAPHS = ("encoder", "clip_head")
@@ -123,14 +123,14 @@ class OpenVinoBackend(GraphBackend):
 
     def load_graph(self, graph: str, source: Path, *, static: bool = True) -> Any:
         model = self.core.read_model(str(source))
-        channels_last = graph == "sam_decoder" and channels_last_embedding(model)
+        rows = graph == "sam_decoder" and channels_last_input(model)  # the embedding channels-last
         shape = self._static_shape(graph) if static else None
         if shape is not None:
             model.reshape({model.inputs[0].get_any_name(): shape})
         compiled = self._compile(model, graph)
         requests = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if shape else 1
         if graph == "sam_decoder":  # + static box/point-only specialisations (runtime/openvino_decoder.py)
-            return self._decoder_models(_Compiled(compiled, 1, graph), source, channels_last)
+            return self._decoder_models(_Compiled(compiled, 1, graph), source, rows)
         return _Compiled(compiled, requests, graph)
 
     def _compile(self, model: Any, graph: str) -> Any:
@@ -149,18 +149,17 @@ class OpenVinoBackend(GraphBackend):
         config.update(VARIANT_CONFIG.get((graph, entry.name if entry is not None else None), {}))
         return self.core.compile_model(model, "CPU", config)
 
-    def _decoder_models(self, dynamic: _Compiled, source: Path, channels_last: bool) -> DecoderModels:
+    def _decoder_models(self, dynamic: _Compiled, source: Path, rows: bool) -> DecoderModels:
         grid = 4 * int(self.bundle.embed_grid)
 
         def specialise(shapes: dict[str, list[int]]) -> _Compiled:
             model = without_mask_prompts(self.core.read_model(str(source)), grid)
             model.reshape(shapes)
-            if channels_last and not channels_last_embedding(model):
-                raise BackendError(f"{source.name}: its box/point-only model lost the embedding's rows")
+            channels_last_input(model)
             return _Compiled(self._compile(model, "sam_decoder"), 1, "sam_decoder")
 
         shapes = int(setting(self.settings, "openvino_decoder_shapes", 8))
-        models = DecoderModels(dynamic, specialise, shapes, channels_last)
+        models = DecoderModels(dynamic, specialise, shapes, rows)
         chans = int(self.bundle.manifest.model.config["encoder"]["out_chans"])
         models.warm((1, chans, grid // 4, grid // 4))
         return models

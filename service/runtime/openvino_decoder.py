@@ -15,11 +15,12 @@ thread, under the decoder's lock); `warm` shapes ((1, 2): one box, or one point 
 (1, 3)) are compiled at load. At most `max_models` specialisations are kept (least recently used dropped, then
 compiled again when needed); max_models = 0 turns them off (setting `openvino_decoder_shapes`).
 
-A graph whose one use of `image_embeddings` (1, C, h, w) is its rows (Reshape to (1, C, h*w), Transpose to
-(1, h*w, C): the fused decoder, model_export/decoder_fast.py) takes the embedding channels-last instead
-(`channels_last_embedding`): a cache entry keeps it in that memory order (service/images/entry.py), so the call
-feeds a view and runs no transpose (OpenVINO's reference Transpose kernel: 0.5-1.3 ms of a ~7 ms ViT-B 1-box
-call on 2 cores). Other graphs take it channels-first, as the contract says.
+Every model takes `image_embeddings` channels-last, (1, h, w, C) (`channels_last_input`), the memory order of a
+cache entry (service/images/entry.py), so a call feeds a view of it. A graph whose one use of the (1, C, h, w)
+input is its rows (Reshape to (1, C, h*w), Transpose to (1, h*w, C): the fused decoder,
+model_export/decoder_fast.py) reads them with no transpose at all (OpenVINO's reference Transpose kernel: 0.5-1.3
+ms of a ~7 ms ViT-B 1-box call on 2 cores); any other graph gets the transpose back inside the compiled model
+(OpenVINO's preprocessing layout conversion) instead of a numpy copy (6.9 ms for a float32 ViT-B embedding).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from service.runtime.layout import to_channels_last
 
 PROMPT_INPUTS = ("image_embeddings", "point_coords", "point_labels")
 MASK_INPUTS = ("mask_input", "has_mask_input")
@@ -65,11 +68,27 @@ def without_mask_prompts(model: Any, grid: int) -> Any:
     return model
 
 
-def channels_last_embedding(model: Any) -> bool:
-    """Rewire `model` (an ov.Model of the decoder) to take image_embeddings channels-last (1, h, w, C) when its
-    one use of the (1, C, h, w) input is Reshape (1, C, h*w) -> Transpose (0, 2, 1), i.e. the embedding's rows
-    (module docstring): the new input is reshaped to those rows, and both ops drop out. Needs a static (1, C, h,
-    w) input. Returns whether it rewired; the model is unchanged otherwise."""
+def channels_last_input(model: Any) -> bool:
+    """Make `model` (an ov.Model of the decoder, static (1, C, h, w) image_embeddings) take image_embeddings
+    channels-last, (1, h, w, C) (module docstring): rewired to read its rows (`rows_input`; True), else by a
+    preprocessing layout conversion NHWC -> NCHW inside the model (False)."""
+    if rows_input(model):
+        return True
+    from openvino import Layout
+    from openvino.preprocess import PrePostProcessor
+
+    steps = PrePostProcessor(model)
+    steps.input("image_embeddings").tensor().set_layout(Layout("NHWC"))
+    steps.input("image_embeddings").model().set_layout(Layout("NCHW"))
+    steps.build()
+    return False
+
+
+def rows_input(model: Any) -> bool:
+    """Rewire `model` to take image_embeddings channels-last (1, h, w, C) when its one use of the (1, C, h, w)
+    input is Reshape (1, C, h*w) -> Transpose (0, 2, 1), i.e. the embedding's rows (module docstring): the new
+    input is reshaped to those rows, and both ops drop out. Needs a static (1, C, h, w) input. Returns whether it
+    rewired; the model is unchanged otherwise."""
     from openvino import opset13 as ops
 
     param = next((p for p in model.get_parameters() if p.get_friendly_name() == "image_embeddings"), None)
@@ -104,19 +123,19 @@ def _only_user(node: Any, kind: str) -> Any:
 class DecoderModels:
     """`dynamic`: the compiled dynamic-shape decoder (any call); `specialise(shape)` -> a compiled static
     box/point-only model for shape = {input name: dims} (see the module docstring). `run(feeds)` picks.
-    channels_last: every model takes image_embeddings as (1, h, w, C) (`channels_last_embedding`); feeds give
-    it as the contract's (1, C, h, w) in any memory order. Callers serialise calls (the backend's per-graph
-    lock)."""
+    Every model takes image_embeddings as (1, h, w, C) (`channels_last_input`); feeds give it as the contract's
+    (1, C, h, w) in either memory order. rows: whether the models read it as their rows with no transpose
+    (`rows_input`). Callers serialise calls (the backend's per-graph lock)."""
 
     def __init__(
         self,
         dynamic: Any,
         specialise: Callable[[dict[str, list[int]]], Any],
         max_models: int = 8,
-        channels_last: bool = False,
+        rows: bool = False,
     ) -> None:
         self.dynamic, self._specialise, self.max_models = dynamic, specialise, max_models
-        self.channels_last = channels_last
+        self.rows = rows
         self.models: OrderedDict[tuple[int, int], Any] = OrderedDict()
 
     @property
@@ -133,19 +152,12 @@ class DecoderModels:
         """Outputs for feeds (all five decoder inputs): the (K, N) specialisation (compiled now if new) when no
         prompt has a mask prompt, else the dynamic model."""
         embedding = feeds["image_embeddings"]
-        feeds = {**feeds, "image_embeddings": self.embedding_feed(embedding)}
+        feeds = {**feeds, "image_embeddings": to_channels_last(embedding)}  # a view of a cache entry's
         if self.max_models <= 0 or np.any(feeds["has_mask_input"]):
             return self.dynamic.run(feeds)
         k, n = (int(v) for v in feeds["point_coords"].shape[:2])
         model = self._model((k, n), tuple(embedding.shape))
         return model.run({name: feeds[name] for name in PROMPT_INPUTS})
-
-    def embedding_feed(self, embedding: np.ndarray) -> np.ndarray:
-        """(1, C, h, w) in any memory order -> the C-contiguous array the models take: (1, h, w, C) when
-        channels_last (a view of a channels-last entry), else (1, C, h, w)."""
-        if self.channels_last:
-            return np.ascontiguousarray(embedding.transpose(0, 2, 3, 1))
-        return np.ascontiguousarray(embedding)
 
     def close(self) -> None:
         self.models.clear()

@@ -14,7 +14,8 @@ pytest.importorskip("openvino")
 
 from service.bundle import Bundle  # noqa: E402
 from service.images.entry import channels_last  # noqa: E402
-from service.runtime.openvino_decoder import WARM_SHAPES, DecoderModels  # noqa: E402
+from service.runtime.layout import to_channels_last  # noqa: E402
+from service.runtime.openvino_decoder import WARM_SHAPES, DecoderModels, rows_input  # noqa: E402
 from service.runtime.registry import create_backend  # noqa: E402
 
 
@@ -51,7 +52,8 @@ def test_box_and_point_calls_run_static_specialisations_equal_to_the_dynamic_mod
             prompts = _prompts(bundle, k, n, seed=k + n)
             out = backend.decode(emb, *prompts)
             assert (k, n) in models.models  # a new shape is compiled before its first call
-            ref = models.dynamic.run(dict(zip(names, [emb, *prompts], strict=True)))
+            rows = to_channels_last(emb, np.float16)  # the models' port: (1, h, w, C) at the cache dtype
+            ref = models.dynamic.run(dict(zip(names, [rows, *prompts], strict=True)))
             np.testing.assert_allclose(out.low_res_masks, ref["low_res_masks"], atol=1e-4, rtol=1e-4)
             np.testing.assert_allclose(out.iou_predictions, ref["iou_predictions"], atol=1e-4, rtol=1e-4)
         again = backend.decode(emb, *_prompts(bundle, 3, 5, seed=8))
@@ -149,25 +151,28 @@ def test_the_fused_decoder_compiles_without_snippets_and_the_plain_one_with_them
             backend.close()
 
 
-def test_the_fused_decoder_takes_the_embedding_channels_last_with_the_plain_decoders_outputs(
+def test_openvino_decoders_take_the_embedding_channels_last_the_fused_one_as_its_rows(
     fused_tiny: Path,
 ) -> None:
-    """The fused decoder's models (dynamic and specialisations) take image_embeddings as (1, h, w, C), its rows
-    without a transpose, fed from a channels-last entry or a channels-first array alike; the plain decoder keeps
-    (1, C, h, w). Both give the same masks (f32, to rounding)."""
+    """Both decoders' models (dynamic and specialisations) take image_embeddings as (1, h, w, C): the fused one
+    reads them as its rows with no transpose (`rows_input`), the plain one through a layout conversion inside
+    the model. Fed a channels-last entry or a channels-first array, both give the same masks (f32, to
+    rounding)."""
+    import openvino as ov
+
     bundle = Bundle.load(fused_tiny)
     grid = bundle.embed_grid
     emb = np.random.default_rng(6).normal(size=(1, 64, grid, grid)).astype(np.float32)
     prompts = [_prompts(bundle, 1, 2, seed=7), _prompts(bundle, 2, 3, masks=True, seed=8)]
     outs = {}
-    for variant, shape in (("fused", [1, grid, grid, 64]), ("none", [1, 64, grid, grid])):
+    for variant in ("fused", "none"):
         backend = _backend(fused_tiny, decoder_variant=variant)
         try:
             decoder = backend.sessions["sam_decoder"]
-            assert decoder.channels_last == (variant == "fused")
+            assert decoder.rows == (variant == "fused")
             for compiled in [decoder.compiled, *(m.compiled for m in decoder.models.values())]:
                 port = next(p for p in compiled.inputs if "image_embeddings" in p.get_names())
-                assert list(port.get_shape()) == shape, variant
+                assert list(port.get_shape()) == [1, grid, grid, 64], variant
             outs[variant] = [
                 backend.decode(e, *p) for p in prompts for e in (emb, channels_last(emb, "float16"))
             ]
@@ -175,3 +180,13 @@ def test_the_fused_decoder_takes_the_embedding_channels_last_with_the_plain_deco
             backend.close()
     for fused, plain in zip(outs["fused"], outs["none"], strict=True):
         np.testing.assert_allclose(fused.low_res_masks, plain.low_res_masks, atol=2e-3, rtol=1e-3)
+    core = ov.Core()
+    fused = core.read_model(str(fused_tiny / "sam_decoder.fused.onnx"))
+    assert rows_input(fused)
+    (param,) = [p for p in fused.get_parameters() if p.get_friendly_name() == "image_embeddings"]
+    readers = [t.get_node().get_type_name() for t in param.output(0).get_target_inputs()]
+    assert readers == ["Reshape"] and "image_embeddings" in param.output(0).get_names()
+    plain = core.read_model(str(fused_tiny / "sam_decoder.onnx"))
+    assert not rows_input(plain)  # no such pattern: left as it was
+    (param,) = [p for p in plain.get_parameters() if p.get_friendly_name() == "image_embeddings"]
+    assert list(param.get_partial_shape().to_shape()) == [1, 64, grid, grid]
