@@ -16,7 +16,9 @@ Inputs that come from a cached image (the decoder's image_embeddings, the CLIP h
 cache's dtype at the port (`cache_dtype` float16: an f16 input, converted inside the compiled graph, instead of
 a float16 -> float32 copy in OpenVINO's Python layer per call: ~1.3 ms of a ~9 ms ViT-B decoder call here), and
 every call shares its input arrays with the infer request and reads its outputs from the request's buffers
-(`share_inputs` / `share_outputs`), copying each output once.
+(`share_inputs` / `share_outputs`), copying each output once. The decoder's models take the embedding
+channels-last, as an entry holds it (runtime/openvino_decoder.py `channels_last_input`: the fused decoder reads
+it as its rows with no transpose).
 
 Shapes: the encoder is reshaped to a static (1, 3, S, S) input and runs one image per infer request from a pool
 (a ViT-B at 1024 px is compute-bound, so batching buys nothing on a CPU while static shapes give the best
