@@ -276,7 +276,9 @@ def figures(
 ) -> dict[str, Any]:
     """All in-process figures (one backend at a time: memory). The official decoder comparison needs a vit_b
     bundle (segment_anything builds vit_b); for other models it is reported as skipped. `mask_render`: one
-    trained-like mask at `size` and `photo` (benchmarks/mask_render.py)."""
+    trained-like mask at `size` and `photo` (benchmarks/mask_render.py); `floor`: the CPU work per extra box and
+    the floor it sets (benchmarks/interactive_floor.py)."""
+    from interactive_floor import floor as cpu_floor
     from mask_render import figures as mask_render_figures
 
     from samclip_bundle.manifest import Manifest
@@ -291,4 +293,5 @@ def figures(
     else:
         out["official"] = {"skipped": f"segment_anything's SamOnnxModel is built for vit_b, not {model}"}
     out["mask_render"] = mask_render_figures([size] + ([photo] if photo else []), max(repeats, 20))
+    out["floor"] = cpu_floor(bundle_dir, size)
     return out

@@ -305,7 +305,23 @@ def rows(res: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 f"{note}; same JSON {fig['same_json']}; {fig['rle_chars']} RLE chars",
             )
         )
+    if "floor" in offline:
+        out.append(_floor_row(offline["floor"]))
     return out
+
+
+def _floor_row(fig: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The floor per extra box (benchmarks/interactive_floor.py) as a table row."""
+    work, wall, floors = fig["one_thread"], fig["default"], fig["floor_ms"]
+    return (
+        f"floor per extra box on {fig['cpus']} CPUs, random-init / trained-like mask, ms",
+        f"{_fmt(floors['random_init'])} / {_fmt(floors['trained_like'])}",
+        "-",
+        f"work at 1 thread: decoder {_fmt(work['decoder_extra_box_ms'])} core-ms per prompt + finishing "
+        f"{_fmt(work['finish_random_init_ms'])} / {_fmt(work['finish_trained_like_ms'])}; in process at the "
+        f"default threads: decoder {_fmt(wall['decoder_extra_box_ms'])} + finishing "
+        f"{_fmt(wall['finish_random_init_ms'])} / {_fmt(wall['finish_trained_like_ms'])} ms",
+    )
 
 
 def print_figures(res: dict[str, Any]) -> None:

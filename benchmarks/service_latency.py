@@ -12,7 +12,8 @@ distinct cache key (sha256 of the bytes): a "new" image always misses the embedd
 A second server runs the path before issue 16 (same bundle and backend; benchmarks/interactive_requests.py
 PREVIOUS_PATH) for the interactive figures, which alternate requests between the two (that module's
 docstring); the in-process figures (parity against fp32, float16 storage, the official segment_anything ONNX
-decoder) follow once the servers stopped (benchmarks/interactive_parity.py). ONE run prints them all.
+decoder, the CPU work per extra box and the floor it sets: benchmarks/interactive_floor.py) follow once the
+servers stopped (benchmarks/interactive_parity.py). ONE run prints them all.
 
 Per repeat r (interleaved, so drift in the shared machine's load hits every figure alike):
   cold     POST /segment/prompt, multipart image A_r + one point prompt: decode + preprocess + encoder + decoder

@@ -120,6 +120,23 @@ def test_interactive_figures_against_the_previous_path(bench: tuple[dict, str]) 
     assert all(f["same_json"] and "runs" not in f["ms"] and f["ms"]["bitmap"] > 0 for f in render)
 
 
+def test_floor_per_extra_box_from_the_work_at_one_thread(bench: tuple[dict, str]) -> None:
+    """benchmarks/interactive_floor.py in the same run: the work at 1 thread and the floor it implies."""
+    result, stdout = bench
+    fig = result["offline"]["floor"]
+    assert fig["cpus"] >= 1 and fig["size"] == [400, 600]
+    for side in ("one_thread", "default"):
+        times = fig[side]
+        assert all(math.isfinite(v) and v > 0 for k, v in times.items() if k != "decoder_extra_box_ms")
+        extra = (times["decoder_4_box_ms"] - times["decoder_1_box_ms"]) / 3
+        assert times["decoder_extra_box_ms"] == pytest.approx(extra, abs=0.01)
+    work = fig["one_thread"]
+    for kind in ("random_init", "trained_like"):
+        expected = (work["decoder_extra_box_ms"] + work[f"finish_{kind}_ms"]) / fig["cpus"]
+        assert fig["floor_ms"][kind] == pytest.approx(expected, abs=0.01)
+    assert f"floor per extra box on {fig['cpus']} CPUs" in stdout
+
+
 def test_mask_render_times_the_runs_path_where_it_applies() -> None:
     sys.path.insert(0, str(SCRIPT.parent))
     from mask_render import figures
