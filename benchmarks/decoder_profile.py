@@ -153,11 +153,12 @@ class OpenVinoProfiler:
     def __init__(self, model: Any, feeds: dict, precision: str, threads: int, variant: str | None) -> None:
         import openvino as ov
 
+        from service.runtime.layout import to_channels_last
         from service.runtime.openvino import VARIANT_CONFIG
         from service.runtime.openvino_decoder import channels_last_input
 
         channels_last_input(model)
-        embedding = np.ascontiguousarray(feeds["image_embeddings"].astype(np.float16).transpose(0, 2, 3, 1))
+        embedding = to_channels_last(feeds["image_embeddings"], np.float16)
         feeds = {**feeds, "image_embeddings": embedding}
         steps = ov.preprocess.PrePostProcessor(model)
         steps.input("image_embeddings").tensor().set_element_type(ov.Type.f16)

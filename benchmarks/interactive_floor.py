@@ -36,34 +36,23 @@ for _path in (ROOT, ROOT / "benchmarks"):
 BOXES = (1, 4)
 
 
-def _boxes(size: tuple[int, int], count: int, seed: int) -> list[Any]:
-    """`count` box prompts (original pixels) inside an image of size (H, W)."""
-    from service.tasks.prompt import Prompt
-
-    rng = np.random.default_rng(seed)
-    height, width = size
-    out = []
-    for _ in range(count):
-        x0, y0 = rng.uniform(0.05, 0.5) * width, rng.uniform(0.05, 0.5) * height
-        out.append(Prompt(box=(x0, y0, x0 + 0.3 * width, y0 + 0.3 * height)))
-    return out
-
-
 def _runs(bundle: Any, backend: Any, size: tuple[int, int]) -> dict[str, Any]:
     """The timed calls: decoder with 1 and 4 boxes, finishing of a random-init and of a trained-like mask."""
     from interactive_parity import _entry, _images
+    from interactive_requests import boxes
     from mask_render import blob_logits
 
     from service import render
     from service.tasks.heads import Heads
-    from service.tasks.prompt import build_decoder_batches
+    from service.tasks.prompt import Prompt, build_decoder_batches
     from service.timing import Timings
 
     heads = Heads(bundle, backend, lambda entry: None)
     entry = _entry(bundle, backend.encode(_images(bundle, 1, seed=61)), 0, size, "float16")
 
     def decode(count: int) -> Any:
-        prompts = _boxes(size, count, seed=62)
+        height, width = size
+        prompts = [Prompt(box=tuple(b["box"])) for b in boxes(count, 62, width, height)]
         masks = [None] * count
         (batch,) = build_decoder_batches(
             prompts, entry.original_size, heads.image_size, masks, heads.mask_grid

@@ -43,7 +43,7 @@ def to_channels_last(array: np.ndarray, dtype: np.dtype | str | None = None) -> 
 def to_channels_first(array: np.ndarray, dtype: np.dtype | str | None = None) -> np.ndarray:
     """(B, C, h, w) in either memory order -> C-contiguous (B, C, h, w) in `dtype` (default: the array's)."""
     dtype = np.dtype(dtype or array.dtype)
-    if array.ndim == 4 and not array.flags.c_contiguous and is_channels_last(array):
+    if not array.flags.c_contiguous and is_channels_last(array):
         batch, chans, h, w = array.shape
         rows = array.transpose(0, 2, 3, 1).reshape(batch, h * w, chans)
         array = _transposed(rows).reshape(batch, chans, h, w)
